@@ -1,0 +1,43 @@
+//! Keel's resource model: the one set of types that the API, the store, the CLI, the console
+//! and the generated OpenAPI document share.
+//!
+//! ```text
+//!   request JSON ──serde──▶ typed body (newtypes validate while deserialising)
+//!                              │ validate() for cross-field rules
+//!                              ▼
+//!                          keeld handler ──▶ store (JSON of these types)
+//! ```
+//!
+//! Every resource is `metadata` + spec + status. Constrained values are newtypes ([`Name`],
+//! [`SettingKey`], [`Cidr`]) that cannot be built invalid. Validation failures are
+//! [`ValidationError`]s that carry the field path, so the API can say what was wrong.
+//! This crate does no I/O.
+#![warn(missing_docs)]
+
+mod answer;
+mod auth;
+mod cidr;
+mod cluster;
+mod error;
+mod event;
+mod meta;
+mod name;
+mod node;
+mod setting;
+
+pub use answer::{
+    AdminSection, AnswerFile, AnswerFileError, ClusterSection, ManagementNetwork, NetworkSection,
+    NodeSection, ANSWER_FILE_VERSION,
+};
+pub use auth::{LoginRequest, LoginResponse};
+pub use cidr::Cidr;
+pub use cluster::{
+    ClusterStatus, Health, JoinRequest, JoinResponse, Member, MemberRole, NodePhase, NodeState,
+    RemoveNodeRequest,
+};
+pub use error::{ErrorBody, ErrorDetail, ValidationError};
+pub use event::{WatchEvent, WatchOp};
+pub use meta::Metadata;
+pub use name::Name;
+pub use node::{CpuInfo, DiskInfo, MemoryInfo, NicInfo, Node, NodeSpec, NodeStatus, Versions};
+pub use setting::{Setting, SettingKey, SettingValue};

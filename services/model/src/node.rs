@@ -1,0 +1,125 @@
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{MemberRole, Metadata, NodeState};
+
+/// A cluster member machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Node {
+    /// Name, uid, version.
+    pub metadata: Metadata,
+    /// What the operator wants of the node.
+    #[serde(default)]
+    pub spec: NodeSpec,
+    /// What the node and the leader report.
+    #[serde(default)]
+    pub status: NodeStatus,
+}
+
+/// What the operator wants of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeSpec {
+    /// No new workloads are placed on a cordoned node.
+    #[serde(default)]
+    pub cordoned: bool,
+}
+
+/// What a node reports about itself, and what the leader observed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeStatus {
+    /// Raft node id.
+    #[serde(default)]
+    pub id: u64,
+    /// Liveness as recorded by the leader.
+    #[serde(default)]
+    pub state: NodeState,
+    /// Voter or learner in the replicated store.
+    #[serde(default)]
+    pub role: Option<MemberRole>,
+    /// Management address (no prefix).
+    #[serde(default)]
+    pub address: String,
+    /// HTTPS API endpoint, e.g. `https://10.0.0.11:8443`.
+    #[serde(default)]
+    pub api: String,
+    /// Last heartbeat the leader saw, RFC 3339.
+    #[serde(default)]
+    pub last_heartbeat: Option<String>,
+    /// Hostname.
+    #[serde(default)]
+    pub hostname: String,
+    /// Processors.
+    #[serde(default)]
+    pub cpu: CpuInfo,
+    /// Memory.
+    #[serde(default)]
+    pub memory: MemoryInfo,
+    /// Block devices.
+    #[serde(default)]
+    pub disks: Vec<DiskInfo>,
+    /// Network interfaces.
+    #[serde(default)]
+    pub nics: Vec<NicInfo>,
+    /// Software versions.
+    #[serde(default)]
+    pub versions: Versions,
+}
+
+/// Processors of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CpuInfo {
+    /// Logical CPUs.
+    pub count: u32,
+    /// Model name.
+    pub model: String,
+}
+
+/// Memory of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MemoryInfo {
+    /// Total bytes.
+    pub total_bytes: u64,
+    /// Available bytes when last reported.
+    pub available_bytes: u64,
+}
+
+/// A block device of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DiskInfo {
+    /// Kernel name, e.g. `sda`.
+    pub name: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Model, when the device reports one.
+    pub model: String,
+    /// Rotational (spinning) disk.
+    pub rotational: bool,
+}
+
+/// A network interface of a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NicInfo {
+    /// Interface name.
+    pub name: String,
+    /// MAC address.
+    pub mac: String,
+    /// Operational state (`up`, `down`, ...).
+    pub state: String,
+    /// MTU.
+    pub mtu: u32,
+    /// Link speed in Mbit/s, when known.
+    pub speed_mbps: Option<u32>,
+    /// Addresses in CIDR notation.
+    pub addresses: Vec<String>,
+}
+
+/// Software versions on a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Versions {
+    /// keeld version.
+    pub keel: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// Operating system (PRETTY_NAME of os-release).
+    pub os: String,
+}
