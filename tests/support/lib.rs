@@ -1,1 +1,297 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests: a dev cluster driven through the `keel` binary,
+//! and an HTTPS client of the API that trusts the cluster CA.
+//!
+//! These tests need root (they create network and mount namespaces) and the `keel` and `keeld`
+//! binaries built (`make test` builds them first).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Directory of the built binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("KEEL_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug")
+}
+
+/// The `keel` binary.
+pub fn keel_bin() -> PathBuf {
+    bin_dir().join("keel")
+}
+
+/// Runs `keel ARGS`, returns stdout; fails with stderr on a non-zero exit.
+pub fn keel(args: &[&str]) -> Result<String> {
+    let out = Command::new(keel_bin())
+        .args(args)
+        .output()
+        .with_context(|| {
+            format!(
+                "running {} (build it with `cargo build --bins`)",
+                keel_bin().display()
+            )
+        })?;
+    if !out.status.success() {
+        bail!(
+            "keel {} failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// One node as `keel dev up` reports it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DevNode {
+    /// Node name.
+    pub name: String,
+    /// Management address.
+    pub address: String,
+    /// API URL.
+    pub api: String,
+}
+
+/// What `keel dev up` prints.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DevInfo {
+    /// Forwarded endpoint on the host.
+    pub endpoint: String,
+    /// The nodes.
+    pub nodes: Vec<DevNode>,
+    /// Admin user.
+    pub username: String,
+    /// Admin password.
+    pub password: String,
+    /// CA certificate path.
+    pub ca_cert: String,
+}
+
+/// A dev cluster that is torn down when dropped.
+pub struct DevCluster {
+    /// State directory.
+    pub state: PathBuf,
+    /// What `up` printed.
+    pub info: DevInfo,
+    /// How long `up` took.
+    pub formed_in: Duration,
+}
+
+impl DevCluster {
+    /// `keel dev up` with its own state dir, subnet and forward port, so tests do not collide.
+    pub fn up(tag: &str, nodes: u32, subnet: &str, forward_port: u16) -> Result<Self> {
+        if !is_root() {
+            bail!("dev-cluster tests need root (network and mount namespaces); run `make test` as root");
+        }
+        let state = std::env::temp_dir().join(format!("keel-test-{tag}"));
+        let state_s = state.to_string_lossy().to_string();
+        let _ = keel(&["dev", "down", "--state", &state_s]);
+        let _ = std::fs::remove_dir_all(&state);
+        let started = Instant::now();
+        let out = keel(&[
+            "dev",
+            "up",
+            "--nodes",
+            &nodes.to_string(),
+            "--state",
+            &state_s,
+            "--subnet",
+            subnet,
+            "--forward",
+            &format!("127.0.0.1:{forward_port}"),
+        ])?;
+        let formed_in = started.elapsed();
+        let info: DevInfo =
+            serde_json::from_str(out.trim()).with_context(|| format!("dev up printed {out:?}"))?;
+        Ok(Self {
+            state,
+            info,
+            formed_in,
+        })
+    }
+
+    /// `keel dev ARGS --state <this cluster>`.
+    pub fn dev(&self, args: &[&str]) -> Result<String> {
+        let state = self.state.to_string_lossy().to_string();
+        let mut all: Vec<&str> = vec!["dev"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--state", &state]);
+        keel(&all)
+    }
+
+    /// A logged-in API client for `endpoint`.
+    pub async fn client(&self, endpoint: &str) -> Result<Api> {
+        let api = Api::new(endpoint, &self.info.ca_cert)?;
+        api.login(&self.info.username, &self.info.password).await
+    }
+
+    /// The API URL of node `name`.
+    pub fn api_of(&self, name: &str) -> Result<String> {
+        self.info
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.api.clone())
+            .with_context(|| format!("no node {name}"))
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        let _ = self.dev(&["down"]);
+    }
+}
+
+/// True when running as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A small API client.
+#[derive(Clone)]
+pub struct Api {
+    /// Base URL.
+    pub base: String,
+    http: reqwest::Client,
+    /// Bearer token, once logged in.
+    pub token: Option<String>,
+}
+
+/// Status and JSON body of a response.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Body (Null when empty or not JSON).
+    pub body: Value,
+    /// Retry-After header, if any.
+    pub retry_after: Option<String>,
+}
+
+impl Api {
+    /// A client trusting the CA at `ca_path`.
+    pub fn new(base: &str, ca_path: &str) -> Result<Self> {
+        let pem = std::fs::read(ca_path).with_context(|| format!("reading {ca_path}"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(c?)?;
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(cfg)
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            token: None,
+        })
+    }
+
+    /// Logs in and returns a client carrying the token.
+    pub async fn login(mut self, user: &str, password: &str) -> Result<Self> {
+        let a = self
+            .call(
+                "POST",
+                "/api/v1/auth/login",
+                Some(serde_json::json!({"username": user, "password": password})),
+            )
+            .await?;
+        if a.status != 200 {
+            bail!("login failed: {} {}", a.status, a.body);
+        }
+        self.token = a.body["token"].as_str().map(str::to_string);
+        Ok(self)
+    }
+
+    /// Sends a request with an optional JSON body.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Answer> {
+        self.raw(method, path, body.map(|b| b.to_string()), &[])
+            .await
+    }
+
+    /// Sends a request with a raw body and extra headers.
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer> {
+        let m = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self.http.request(m, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = resp.text().await?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Answer {
+            status,
+            body,
+            retry_after,
+        })
+    }
+
+    /// PUT a setting; returns the answer.
+    pub async fn put_setting(&self, key: &str, value: Value) -> Result<Answer> {
+        self.call(
+            "PUT",
+            &format!("/api/v1/settings/{key}"),
+            Some(serde_json::json!({ "value": value })),
+        )
+        .await
+    }
+}
+
+/// Polls `f` until it returns `Ok(Some(t))` or the deadline passes.
+pub async fn wait_until<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let end = Instant::now() + deadline;
+    let mut last = String::from("never checked");
+    loop {
+        match f().await {
+            Ok(Some(t)) => return Ok(t),
+            Ok(None) => last = "not yet".into(),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() > end {
+            bail!("timed out after {deadline:?} waiting for {what}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
