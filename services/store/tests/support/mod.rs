@@ -116,10 +116,8 @@ fn wire<T: Serialize + DeserializeOwned>(v: &T) -> Result<T, NetworkError> {
 }
 
 impl Connection {
-    fn raft<E: std::error::Error>(&self) -> Result<Raft, RPCError<NodeId, NodeAddr, E>> {
-        self.router
-            .target(self.from, self.to)
-            .map_err(RPCError::Unreachable)
+    fn raft(&self) -> Result<Raft, Unreachable> {
+        self.router.target(self.from, self.to)
     }
 }
 
@@ -129,14 +127,14 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
-        let raft = self.raft()?;
+        let raft = self.raft().map_err(RPCError::Unreachable)?;
         let rpc = wire(&rpc).map_err(RPCError::Network)?;
         let resp = raft
             .append_entries(rpc)
             .await
             .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))?;
         // The reply is lost if the sender was cut off meanwhile.
-        self.raft::<RaftError<NodeId>>()?;
+        self.raft().map_err(RPCError::Unreachable)?;
         wire(&resp).map_err(RPCError::Network)
     }
 
@@ -148,7 +146,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, NodeAddr, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        let raft = self.raft()?;
+        let raft = self.raft().map_err(RPCError::Unreachable)?;
         let rpc = wire(&rpc).map_err(RPCError::Network)?;
         let resp = raft
             .install_snapshot(rpc)
@@ -162,7 +160,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
-        let raft = self.raft()?;
+        let raft = self.raft().map_err(RPCError::Unreachable)?;
         let resp = raft
             .vote(rpc)
             .await
