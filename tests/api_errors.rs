@@ -31,7 +31,8 @@ async fn malformed_requests_get_clear_4xx_errors() -> Result<()> {
     assert_eq!(health.body["phase"], "member");
 
     // Settings: bad key, bad JSON, unknown field, wrong type, null, missing body.
-    let cases: Vec<(&str, Option<&str>, u16, &str, Option<&str>)> = vec![
+    type Case<'a> = (&'a str, Option<&'a str>, u16, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "/api/v1/settings/Not%20A%20Key",
             Some(r#"{"value":1}"#),

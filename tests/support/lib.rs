@@ -282,7 +282,7 @@ where
     Fut: std::future::Future<Output = Result<Option<T>>>,
 {
     let end = Instant::now() + deadline;
-    let mut last = String::from("never checked");
+    let mut last;
     loop {
         match f().await {
             Ok(Some(t)) => return Ok(t),
