@@ -292,7 +292,49 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 #[cfg(test)]
 mod tests {
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
     use super::*;
+
+    fn blank(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[tokio::test]
+    async fn vote_log_and_markers_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.db");
+        {
+            let mut log = LogStore::open(&path).unwrap();
+            log.save_vote(&Vote::new(3, 1)).await.unwrap();
+            log.blocking_append((1..=5).map(|i| blank(3, i)))
+                .await
+                .unwrap();
+            log.save_committed(Some(blank(3, 4).log_id)).await.unwrap();
+            log.purge(blank(3, 2).log_id).await.unwrap();
+        }
+        let mut log = LogStore::open(&path).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
+        assert_eq!(
+            log.read_committed().await.unwrap(),
+            Some(blank(3, 4).log_id)
+        );
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(blank(3, 2).log_id));
+        assert_eq!(state.last_log_id, Some(blank(3, 5).log_id));
+        let ids: Vec<u64> = log
+            .try_get_log_entries(..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(ids, [3, 4, 5]);
+    }
 
     #[test]
     fn index_bounds_cover_every_range_shape() {
