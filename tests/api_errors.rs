@@ -203,6 +203,17 @@ async fn malformed_requests_get_clear_4xx_errors() -> Result<()> {
         .await?;
     assert_eq!(a.status, 400, "{}", a.body);
 
+    // Server-sent events replay the changes from a revision and carry the resource.
+    let seen = api
+        .events_until(
+            "/api/v1/events?since=0",
+            "cas.key",
+            std::time::Duration::from_secs(10),
+        )
+        .await?;
+    assert!(seen.contains("event: change"), "{seen}");
+    assert!(seen.contains("\"op\":\"create\""), "{seen}");
+
     // The OpenAPI document is served.
     let doc = anon.call("GET", "/api/v1/openapi.json", None).await?;
     assert_eq!(doc.status, 200);

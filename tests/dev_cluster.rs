@@ -203,5 +203,21 @@ async fn three_nodes_form_survive_a_leader_power_cut_and_catch_up() -> Result<()
         },
     )
     .await?;
+
+    // With two of three nodes down there is no quorum: a clear 503 with Retry-After, not a hang.
+    let others: Vec<String> = dev
+        .info
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .filter(|n| *n != leader)
+        .collect();
+    for n in &others {
+        dev.dev(&["stop", n, "--kill"])?;
+    }
+    let lonely = back.put_setting("test.no-quorum", json!(1)).await?;
+    assert_eq!(lonely.status, 503, "{}", lonely.body);
+    assert_eq!(lonely.body["error"]["code"], "no_quorum", "{}", lonely.body);
+    assert!(lonely.retry_after.is_some(), "503 carries Retry-After");
     Ok(())
 }

@@ -264,6 +264,40 @@ impl Api {
         })
     }
 
+    /// Reads the server-sent event stream at `path` until its text contains `needle`.
+    pub async fn events_until(
+        &self,
+        path: &str,
+        needle: &str,
+        deadline: Duration,
+    ) -> Result<String> {
+        let mut req = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .timeout(deadline);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = req.send().await?;
+        anyhow::ensure!(resp.status().as_u16() == 200, "events: {}", resp.status());
+        let mut text = String::new();
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            match tokio::time::timeout(end - Instant::now(), resp.chunk()).await {
+                Ok(Ok(Some(chunk))) => {
+                    text.push_str(&String::from_utf8_lossy(&chunk));
+                    if text.contains(needle) {
+                        return Ok(text);
+                    }
+                }
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => bail!("event stream broke: {e}"),
+                Err(_) => break,
+            }
+        }
+        bail!("{needle:?} did not appear in the event stream within {deadline:?}: {text}")
+    }
+
     /// PUT a setting; returns the answer.
     pub async fn put_setting(&self, key: &str, value: Value) -> Result<Answer> {
         self.call(
