@@ -215,6 +215,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn errors_and_handles_cross_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<StoreError>();
+        send_sync::<crate::Store>();
+    }
+
+    #[test]
     fn disk_full_is_fatal_and_busy_is_not() {
         let full = StoreError::Sqlite {
             step: "test",

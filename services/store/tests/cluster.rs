@@ -149,6 +149,10 @@ async fn isolated_leader_loses_quorum_and_majority_moves_on() {
         Err(StoreError::NoQuorum { .. } | StoreError::ForwardToLeader { .. }) => {}
         other => panic!("an isolated leader must not acknowledge writes: {other:?}"),
     }
+    match old.barrier().await {
+        Err(StoreError::NoQuorum { .. } | StoreError::ForwardToLeader { .. }) => {}
+        other => panic!("an isolated leader must not serve linearizable reads: {other:?}"),
+    }
     let rest: Vec<Store> = stores
         .iter()
         .filter(|s| s.node_id() != old.node_id())
@@ -262,6 +266,27 @@ async fn remove_node_demotes_and_drops_it() {
         .cloned()
         .collect();
     record(write(&rest, put("after-removal", 1)).await);
+    for s in &stores {
+        s.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_can_remove_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::default();
+    let stores = three_nodes(&router, dir.path()).await;
+    let leader = wait_leader(&stores).await;
+    leader.remove_node(leader.node_id()).await.unwrap();
+    let rest: Vec<Store> = stores
+        .iter()
+        .filter(|s| s.node_id() != leader.node_id())
+        .cloned()
+        .collect();
+    let new_leader = wait_leader(&rest).await;
+    let m = new_leader.metrics().borrow().membership_config.clone();
+    assert!(!m.nodes().any(|(id, _)| *id == leader.node_id()));
+    record(write(&rest, put("after-self-removal", 1)).await);
     for s in &stores {
         s.shutdown().await.unwrap();
     }
