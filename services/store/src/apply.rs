@@ -38,7 +38,6 @@ pub(crate) fn apply_entries(
         .map_err(StoreError::sqlite("starting an apply transaction"))?;
     let mut machine = MachineRow::load(&tx)?;
     let mut responses = Vec::with_capacity(entries.len());
-    let mut latest_at = None;
     for entry in entries {
         let response = match &entry.payload {
             EntryPayload::Blank => Response::Batch(Vec::new()),
@@ -47,7 +46,13 @@ pub(crate) fn apply_entries(
                 Response::Batch(Vec::new())
             }
             EntryPayload::Normal(proposal) => {
-                latest_at = latest_at.max(Some(proposal.at_ms));
+                // Expire before each entry, not once per call: openraft may hand different
+                // replicas the same entries in different batches, and a replay must see the
+                // same keys everywhere.
+                tables::forget_creates_before(
+                    &tx,
+                    proposal.at_ms.saturating_sub(IDEMPOTENCY_WINDOW_MS),
+                )?;
                 apply_proposal(&mut tx, entry.log_id, proposal, &mut machine.revision)?
             }
         };
@@ -58,9 +63,6 @@ pub(crate) fn apply_entries(
     if floor > machine.change_floor {
         tables::prune_changes(&tx, floor)?;
         machine.change_floor = floor;
-    }
-    if let Some(at) = latest_at {
-        tables::forget_creates_before(&tx, at.saturating_sub(IDEMPOTENCY_WINDOW_MS))?;
     }
     machine.save(&tx)?;
     tx.commit()

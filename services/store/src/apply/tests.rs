@@ -336,3 +336,46 @@ fn created_is_fixed_width_rfc3339_utc() {
     assert_eq!(format_created(1_234), "1970-01-01T00:00:01.234Z");
     assert_eq!(format_created(u64::MAX), "9999-12-31T23:59:59.999Z");
 }
+
+#[test]
+fn batching_of_entries_does_not_change_results() {
+    // Openraft may apply the same entries in different groupings on different replicas.
+    let proposals = [
+        (T0, create("web", 1, Some("k"))),
+        (T0 + IDEMPOTENCY_WINDOW_MS + 1, put("other", 1, None)),
+        (T0 + IDEMPOTENCY_WINDOW_MS + 2, create("web", 1, Some("k"))),
+        (
+            T0 + IDEMPOTENCY_WINDOW_MS + 3,
+            Request::Batch(vec![put("a", 1, None), delete("a", None)]),
+        ),
+    ];
+    let entries: Vec<Entry<TypeConfig>> = proposals
+        .iter()
+        .enumerate()
+        .map(|(i, (at_ms, request))| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), i as u64 + 1),
+            payload: EntryPayload::Normal(Proposal {
+                at_ms: *at_ms,
+                request: request.clone(),
+            }),
+        })
+        .collect();
+
+    let mut together = Machine::new();
+    let (all_at_once, _) = apply_entries(&mut together.conn, &entries, 10_000).unwrap();
+    let mut apart = Machine::new();
+    let one_by_one: Vec<Response> = entries
+        .iter()
+        .flat_map(|e| {
+            apply_entries(&mut apart.conn, std::slice::from_ref(e), 10_000)
+                .unwrap()
+                .0
+        })
+        .collect();
+    assert_eq!(all_at_once, one_by_one);
+    assert!(matches!(
+        all_at_once[2],
+        Response::Failed(ApplyFailure::AlreadyExists { .. })
+    ));
+    assert_eq!(together.machine(), apart.machine());
+}
