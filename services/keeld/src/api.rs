@@ -583,21 +583,24 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .and(warp::ext::optional::<ConnInfo>())
         .and(body())
         .then(login)
-        .map(reply);
+        .map(reply)
+        .boxed();
     let cluster_r = v1
         .and(warp::path!("cluster"))
         .and(warp::get())
         .and(with_ctx(ctx.clone()))
         .and(authz())
         .then(cluster_status)
-        .map(reply);
+        .map(reply)
+        .boxed();
     let join_r = v1
         .and(warp::path!("cluster" / "join"))
         .and(warp::post())
         .and(with_ctx(ctx.clone()))
         .and(body())
         .then(cluster_join)
-        .map(reply);
+        .map(reply)
+        .boxed();
     let remove_r = v1
         .and(warp::path!("cluster" / "remove"))
         .and(warp::post())
@@ -605,35 +608,40 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .and(authz())
         .and(body())
         .then(cluster_remove)
-        .map(reply);
+        .map(reply)
+        .boxed();
     let nodes_r = v1
         .and(warp::path!("nodes"))
         .and(warp::get())
         .and(with_ctx(ctx.clone()))
         .and(authz())
         .then(list_nodes)
-        .map(reply);
+        .map(reply)
+        .boxed();
     let node_r = v1
         .and(warp::path!("nodes" / String))
         .and(warp::get())
         .and(with_ctx(ctx.clone()))
         .and(authz())
         .then(get_node)
-        .map(reply);
+        .map(reply)
+        .boxed();
     let settings_r = v1
         .and(warp::path!("settings"))
         .and(warp::get())
         .and(with_ctx(ctx.clone()))
         .and(authz())
         .then(list_settings)
-        .map(reply);
+        .map(reply)
+        .boxed();
     let setting_get = v1
         .and(warp::path!("settings" / String))
         .and(warp::get())
         .and(with_ctx(ctx.clone()))
         .and(authz())
         .then(get_setting)
-        .map(reply);
+        .map(reply)
+        .boxed();
     let setting_put = v1
         .and(warp::path!("settings" / String))
         .and(warp::put())
@@ -642,7 +650,8 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .and(warp::header::optional::<String>("if-match"))
         .and(body())
         .then(put_setting)
-        .map(reply);
+        .map(reply)
+        .boxed();
     let setting_delete = v1
         .and(warp::path!("settings" / String))
         .and(warp::delete())
@@ -650,7 +659,8 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .and(with_ctx(ctx.clone()))
         .and(authz())
         .then(delete_setting)
-        .map(reply);
+        .map(reply)
+        .boxed();
     let events_r = v1
         .and(warp::path!("events"))
         .and(warp::get())
@@ -658,11 +668,13 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .and(with_ctx(ctx.clone()))
         .and(authz())
         .then(events)
-        .map(reply);
+        .map(reply)
+        .boxed();
     let openapi_r = v1
         .and(warp::path!("openapi.json"))
         .and(warp::get())
-        .map(|| warp::reply::json(&openapi()).into_response());
+        .map(|| warp::reply::json(&openapi()).into_response())
+        .boxed();
     health_r
         .or(login_r)
         .unify()

@@ -9,6 +9,7 @@
 //!   leader: liveness (Ready/NotReady) + membership (learners → odd voters)
 //! ```
 #![warn(missing_docs)]
+#![recursion_limit = "256"]
 // Tests may unwrap (STYLE H13); the workspace lints deny it everywhere else.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
