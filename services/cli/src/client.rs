@@ -343,7 +343,7 @@ impl ApiClient {
             method,
             url: url.to_string(),
             hint,
-            source,
+            source: source.without_url(),
         }
     }
 }

@@ -50,7 +50,6 @@ pub async fn set(
         value: parse_value(value),
         version,
     };
-    body.validate()?;
     let s: Setting = client
         .request(Method::PUT, &format!("/api/v1/settings/{key}"), Some(&body))
         .await?;

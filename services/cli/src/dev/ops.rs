@@ -41,6 +41,9 @@ const STOP_DEADLINE: Duration = Duration::from_secs(30);
 /// How long killing a node's processes may take.
 const KILL_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Least pause before logging in to a node again after a failed login.
+const LOGIN_RETRY: Duration = Duration::from_millis(500);
+
 /// Interval between formation checks.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -221,10 +224,7 @@ pub async fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<DevInfo> {
             Ok(info)
         }
         Err(e) => {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "dev up failed; removing what it made"
-            );
+            tracing::info!("dev up failed; removing what it made");
             if let Err(down) = teardown(&paths, &mut st) {
                 return Err(e.context(format!(
                     "and cleaning up failed too: {down:#}; run `keel dev down --state {}`",
@@ -550,6 +550,9 @@ async fn wait_ready(
     tracing::info!(nodes = %want.join(","), timeout_s = timeout.as_secs(), "waiting for the nodes to be ready");
     let end = Instant::now() + timeout;
     let mut clients: HashMap<String, ApiClient> = HashMap::new();
+    // A node whose login failed is left alone for a while (its Retry-After, if it sent one),
+    // so that polling does not trip the login rate limit.
+    let mut not_before: HashMap<String, Instant> = HashMap::new();
     let mut last = String::from("no node has the cluster CA yet");
     let mut missing: Vec<String> = want.to_vec();
     loop {
@@ -569,12 +572,20 @@ async fn wait_ready(
             if !ca.exists() || keeld_pids(node).is_empty() {
                 continue;
             }
+            if not_before
+                .get(&node.name)
+                .is_some_and(|t| Instant::now() < *t)
+            {
+                continue;
+            }
             let client = match clients.get(&node.name) {
                 Some(c) => c.clone(),
                 None => {
                     let mut c = ApiClient::new(&node.api(), Some(&ca))?
                         .with_timeout(Duration::from_secs(3));
                     if let Err(e) = c.login(ADMIN_USER, &st.admin_password).await {
+                        let pause = e.retry_after().unwrap_or(LOGIN_RETRY).max(LOGIN_RETRY);
+                        not_before.insert(node.name.clone(), Instant::now() + pause);
                         last = format!("{}: logging in: {e}", node.name);
                         continue;
                     }
@@ -856,6 +867,8 @@ fn remove_node_objects(paths: &DevPaths, st: &mut DevState, name: &str, errors: 
             }
         }
     }
+    // The directory stays while it holds the log.
+    let _ = fs::remove_dir(paths.node_dir(name));
     if let Some(n) = st.node_mut(name) {
         *n = node;
     }
