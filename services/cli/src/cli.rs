@@ -284,7 +284,7 @@ pub struct BenchClusterArgs {
     #[arg(long, default_value = "10.77.250.0/24", value_parser = parse_cidr)]
     pub subnet: Cidr,
     /// Forward address of the benchmark's cluster.
-    #[arg(long, default_value = "127.0.0.1:18443")]
+    #[arg(long, default_value = "127.0.0.1:18450")]
     pub forward: SocketAddr,
     /// The keeld binary [default: next to this keel, or KEEL_KEELD].
     #[arg(long, env = "KEEL_KEELD", value_name = "PATH")]

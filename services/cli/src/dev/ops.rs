@@ -218,7 +218,12 @@ pub async fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<DevInfo> {
     save(&paths, &st)?;
     tracing::info!(state = %paths.root().display(), id = %st.id, subnet = %subnet.cidr(), nodes = args.nodes, "creating the dev cluster");
     let started = Instant::now();
-    match build(&paths, &mut st, &subnet, args).await {
+    // Ctrl-C while waiting for formation tears down what was made, like any other failure.
+    let outcome = tokio::select! {
+        r = build(&paths, &mut st, &subnet, args) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    match outcome {
         Ok(info) => {
             tracing::info!(seconds = format!("{:.1}", started.elapsed().as_secs_f64()), endpoint = %info.endpoint, "the dev cluster is up");
             Ok(info)
