@@ -518,6 +518,10 @@ fn start_keeld(paths: &DevPaths, st: &DevState, node: &DevNode) -> anyhow::Resul
         .arg(paths.node_state(&node.name))
         .arg("--answer-file")
         .arg(paths.answer(&node.name))
+        // The caller's API credentials are none of the daemon's business.
+        .env_remove("KEEL_TOKEN")
+        .env_remove("KEEL_USERNAME")
+        .env_remove("KEEL_PASSWORD")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
