@@ -1,0 +1,369 @@
+//! [`FakeHypervisor`]: an in-memory [`Hypervisor`] for logic tests (feature `fake`).
+//!
+//! It keeps the same contract as [`Libvirt`](crate::Libvirt) (the conformance suite runs on
+//! both) but no guest runs: a graceful shutdown or reboot takes effect at once, consoles carry
+//! only what a test pushes with [`FakeHypervisor::push_console_output`], and files named in
+//! specs are not checked. Fakes made with [`FakeHypervisor::peer`] share a registry by URI, so
+//! a domain can live-migrate from one to another.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::{
+    Capabilities, Console, ConsoleError, DomainInfo, DomainSpec, DomainState, DomainType,
+    Hypervisor, HypervisorError, KvmStatus, MigrateOptions, Op, ShutdownMode,
+};
+
+/// One fake host.
+#[derive(Clone)]
+pub struct FakeHypervisor {
+    uri: String,
+    host: Arc<Mutex<Host>>,
+    registry: Arc<Mutex<BTreeMap<String, Arc<Mutex<Host>>>>>,
+    kvm: KvmStatus,
+}
+
+#[derive(Default)]
+struct Host {
+    domains: BTreeMap<String, FakeDomain>,
+}
+
+struct FakeDomain {
+    spec: DomainSpec,
+    state: DomainState,
+    /// Bytes the "guest" wrote that no console has read yet.
+    console_out: Vec<u8>,
+    /// Bytes consoles sent to the "guest".
+    console_in: Vec<u8>,
+    /// Bumped on every start and reboot, so consoles of an earlier boot see EOF.
+    boot: u64,
+}
+
+impl FakeDomain {
+    fn info(&self) -> DomainInfo {
+        DomainInfo {
+            name: self.spec.name.to_string(),
+            uuid: self.spec.uuid,
+            state: self.state,
+            persistent: true,
+            keel_uid: Some(self.spec.keel_uid),
+        }
+    }
+}
+
+fn lock(host: &Mutex<Host>) -> MutexGuard<'_, Host> {
+    // A panic while holding the lock leaves plain data behind; carry on with it.
+    host.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl FakeHypervisor {
+    /// A fake host at `uri` (any string; it is the migration address peers use), where KVM
+    /// works.
+    pub fn new(uri: impl Into<String>) -> Self {
+        let uri = uri.into();
+        let host = Arc::new(Mutex::new(Host::default()));
+        let registry = Arc::new(Mutex::new(BTreeMap::from([(uri.clone(), host.clone())])));
+        Self {
+            uri,
+            host,
+            registry,
+            kvm: KvmStatus::Usable,
+        }
+    }
+
+    /// Another fake host at `uri`, reachable from this one (and its peers) for migration.
+    pub fn peer(&self, uri: impl Into<String>) -> Self {
+        let uri = uri.into();
+        let host = Arc::new(Mutex::new(Host::default()));
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uri.clone(), host.clone());
+        Self {
+            uri,
+            host,
+            registry: self.registry.clone(),
+            kvm: self.kvm.clone(),
+        }
+    }
+
+    /// Makes [`Hypervisor::kvm_status`] report `status` (and capabilities offer `kvm` only when
+    /// it is not [`KvmStatus::Missing`]).
+    pub fn with_kvm(mut self, status: KvmStatus) -> Self {
+        self.kvm = status;
+        self
+    }
+
+    /// This fake's URI.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Appends `bytes` to what the guest of `name` "prints" on its serial console.
+    pub fn push_console_output(&self, name: &str, bytes: &[u8]) -> Result<(), HypervisorError> {
+        let mut host = lock(&self.host);
+        let dom = host
+            .domains
+            .get_mut(name)
+            .ok_or_else(|| HypervisorError::NotFound { name: name.into() })?;
+        dom.console_out.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// What consoles have sent to the guest of `name` so far.
+    pub fn console_input(&self, name: &str) -> Result<Vec<u8>, HypervisorError> {
+        let host = lock(&self.host);
+        let dom = host
+            .domains
+            .get(name)
+            .ok_or_else(|| HypervisorError::NotFound { name: name.into() })?;
+        Ok(dom.console_in.clone())
+    }
+
+    /// The spec a domain was last defined with.
+    pub fn spec(&self, name: &str) -> Result<DomainSpec, HypervisorError> {
+        let host = lock(&self.host);
+        host.domains
+            .get(name)
+            .map(|d| d.spec.clone())
+            .ok_or_else(|| HypervisorError::NotFound { name: name.into() })
+    }
+
+    /// Runs `f` on domain `name` if its state is one of `allowed`.
+    fn with_domain<T>(
+        &self,
+        name: &str,
+        op: Op,
+        allowed: &[DomainState],
+        f: impl FnOnce(&mut FakeDomain) -> T,
+    ) -> Result<T, HypervisorError> {
+        let mut host = lock(&self.host);
+        let dom = host
+            .domains
+            .get_mut(name)
+            .ok_or_else(|| HypervisorError::NotFound { name: name.into() })?;
+        if !allowed.contains(&dom.state) {
+            return Err(HypervisorError::InvalidState {
+                name: name.into(),
+                op,
+                state: dom.state,
+            });
+        }
+        Ok(f(dom))
+    }
+}
+
+const ACTIVE: &[DomainState] = &[
+    DomainState::Running,
+    DomainState::Paused,
+    DomainState::ShuttingDown,
+    DomainState::Crashed,
+    DomainState::PmSuspended,
+    DomainState::Unknown,
+];
+
+impl Hypervisor for FakeHypervisor {
+    fn capabilities(&self) -> Result<Capabilities, HypervisorError> {
+        let mut domain_types = vec![DomainType::Qemu];
+        if self.kvm != KvmStatus::Missing {
+            domain_types.insert(0, DomainType::Kvm);
+        }
+        Ok(Capabilities {
+            arch: "x86_64".into(),
+            host_cpu_model: Some("fake-host-cpu".into()),
+            domain_types,
+            cpu_models: vec!["qemu64".into(), "x86-64-v2".into()],
+        })
+    }
+
+    fn kvm_status(&self) -> KvmStatus {
+        self.kvm.clone()
+    }
+
+    fn define(&self, spec: &DomainSpec) -> Result<DomainInfo, HypervisorError> {
+        let name = spec.name.as_str();
+        // Render, not just validate: whatever the real one refuses to produce, so does this.
+        spec.to_xml().map_err(|source| HypervisorError::Spec {
+            name: name.into(),
+            source,
+        })?;
+        let mut host = lock(&self.host);
+        for existing in host.domains.values() {
+            let same_name = existing.spec.name == spec.name;
+            let same_uuid = existing.spec.uuid == spec.uuid;
+            if same_name != same_uuid {
+                return Err(HypervisorError::AlreadyExists {
+                    name: name.into(),
+                    existing: existing.spec.name.to_string(),
+                    uuid: existing.spec.uuid,
+                });
+            }
+        }
+        let dom = host
+            .domains
+            .entry(name.to_string())
+            .or_insert_with(|| FakeDomain {
+                spec: spec.clone(),
+                state: DomainState::Shutoff,
+                console_out: Vec::new(),
+                console_in: Vec::new(),
+                boot: 0,
+            });
+        dom.spec = spec.clone();
+        Ok(dom.info())
+    }
+
+    fn start(&self, name: &str) -> Result<(), HypervisorError> {
+        self.with_domain(name, Op::Start, &[DomainState::Shutoff], |d| {
+            d.state = DomainState::Running;
+            d.boot += 1;
+            d.console_out.clear();
+        })
+    }
+
+    fn shutdown(&self, name: &str, mode: ShutdownMode) -> Result<(), HypervisorError> {
+        self.with_domain(name, Op::Shutdown, ACTIVE, |d| {
+            // A guest without the agent channel cannot be asked through it; the request is
+            // delivered and ignored, as an ACPI press is by a guest that does not listen.
+            if mode == ShutdownMode::Acpi || d.spec.guest_agent {
+                d.state = DomainState::Shutoff;
+            }
+        })
+    }
+
+    fn reboot(&self, name: &str) -> Result<(), HypervisorError> {
+        self.with_domain(name, Op::Reboot, ACTIVE, |d| {
+            d.state = DomainState::Running;
+            d.boot += 1;
+        })
+    }
+
+    fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
+        self.with_domain(name, Op::Destroy, ACTIVE, |d| {
+            d.state = DomainState::Shutoff;
+        })
+    }
+
+    fn undefine(&self, name: &str) -> Result<(), HypervisorError> {
+        self.with_domain(name, Op::Undefine, &[DomainState::Shutoff], |_| ())?;
+        lock(&self.host).domains.remove(name);
+        Ok(())
+    }
+
+    fn suspend(&self, name: &str) -> Result<(), HypervisorError> {
+        let allowed = [DomainState::Running, DomainState::Paused];
+        self.with_domain(name, Op::Suspend, &allowed, |d| {
+            d.state = DomainState::Paused;
+        })
+    }
+
+    fn resume(&self, name: &str) -> Result<(), HypervisorError> {
+        let allowed = [DomainState::Running, DomainState::Paused];
+        self.with_domain(name, Op::Resume, &allowed, |d| {
+            d.state = DomainState::Running;
+        })
+    }
+
+    fn domain(&self, name: &str) -> Result<DomainInfo, HypervisorError> {
+        self.with_domain(name, Op::Inspect, &ALL, |d| d.info())
+    }
+
+    fn list(&self) -> Result<Vec<DomainInfo>, HypervisorError> {
+        Ok(lock(&self.host)
+            .domains
+            .values()
+            .map(FakeDomain::info)
+            .collect())
+    }
+
+    fn migrate(&self, name: &str, options: &MigrateOptions) -> Result<(), HypervisorError> {
+        let allowed = [DomainState::Running, DomainState::Paused];
+        self.with_domain(name, Op::Migrate, &allowed, |_| ())?;
+        let dest = self
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&options.dest_uri)
+            .cloned()
+            .filter(|h| !Arc::ptr_eq(h, &self.host))
+            .ok_or_else(|| HypervisorError::Unreachable {
+                uri: options.dest_uri.clone(),
+            })?;
+        // One host locked at a time: never both, so peers migrating to each other cannot
+        // deadlock. The domain is out of both maps only between the two locks.
+        let dom = lock(&self.host)
+            .domains
+            .remove(name)
+            .ok_or_else(|| HypervisorError::NotFound { name: name.into() })?;
+        let mut dest_host = lock(&dest);
+        if let Some(clash) = dest_host.domains.get(name) {
+            let err = HypervisorError::AlreadyExists {
+                name: name.into(),
+                existing: clash.spec.name.to_string(),
+                uuid: clash.spec.uuid,
+            };
+            drop(dest_host);
+            lock(&self.host).domains.insert(name.into(), dom);
+            return Err(err);
+        }
+        dest_host.domains.insert(name.into(), dom);
+        Ok(())
+    }
+
+    fn open_console(&self, name: &str) -> Result<Box<dyn Console>, HypervisorError> {
+        let boot = self.with_domain(name, Op::OpenConsole, ACTIVE, |d| d.boot)?;
+        Ok(Box::new(FakeConsole {
+            host: self.host.clone(),
+            name: name.into(),
+            boot,
+        }))
+    }
+}
+
+const ALL: [DomainState; 7] = [
+    DomainState::Running,
+    DomainState::Paused,
+    DomainState::ShuttingDown,
+    DomainState::Shutoff,
+    DomainState::Crashed,
+    DomainState::PmSuspended,
+    DomainState::Unknown,
+];
+
+/// A console on a fake domain: reads what tests push, records what is written.
+struct FakeConsole {
+    host: Arc<Mutex<Host>>,
+    name: String,
+    boot: u64,
+}
+
+impl FakeConsole {
+    fn with_live<T>(&self, f: impl FnOnce(&mut FakeDomain) -> T) -> Result<T, ConsoleError> {
+        let mut host = lock(&self.host);
+        match host.domains.get_mut(&self.name) {
+            Some(d) if d.boot == self.boot && d.state.is_active() => Ok(f(d)),
+            _ => Err(ConsoleError::Closed),
+        }
+    }
+}
+
+impl Console for FakeConsole {
+    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, ConsoleError> {
+        let n = self.with_live(|d| {
+            let n = buf.len().min(d.console_out.len());
+            buf[..n].copy_from_slice(&d.console_out[..n]);
+            d.console_out.drain(..n);
+            n
+        })?;
+        if n == 0 {
+            // Nothing will arrive unless another thread pushes; wait a little like a real read.
+            std::thread::sleep(timeout.min(Duration::from_millis(10)));
+        }
+        Ok(n)
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<(), ConsoleError> {
+        self.with_live(|d| d.console_in.extend_from_slice(data))
+    }
+}

@@ -1,0 +1,170 @@
+//! [`Hypervisor`]: the seam between Keel and whatever runs its VMs.
+
+use std::fmt;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::{Capabilities, Console, DomainSpec, HypervisorError, KvmStatus};
+
+/// Drives the domains of one host.
+///
+/// # Why synchronous
+///
+/// Every libvirt call blocks in C, so an async trait would only wrap each call in
+/// `spawn_blocking`; doing that once, at the call site in keeld, keeps this trait object-safe
+/// (`Arc<dyn Hypervisor>`), keeps the fake free of an executor, and lets the conformance suite
+/// and tests run on plain threads. Implementations are `Send + Sync`: one handle serves every
+/// task of a node.
+///
+/// # Contract
+///
+/// Domains are named by their libvirt name. Every implementation returns
+/// [`HypervisorError::NotFound`] for an unknown name, [`HypervisorError::InvalidState`] when an
+/// operation does not apply to the domain's state, and [`HypervisorError::AlreadyExists`] when
+/// a definition clashes with another domain; [`crate::conformance`] checks this. Operations
+/// that only *request* something of the guest ([`shutdown`](Self::shutdown),
+/// [`reboot`](Self::reboot)) return once the request is delivered; watch the state to see it
+/// happen.
+pub trait Hypervisor: Send + Sync {
+    /// Host architecture, available domain types, host CPU model, named CPU models.
+    fn capabilities(&self) -> Result<Capabilities, HypervisorError>;
+
+    /// Whether KVM actually runs guests on this host, probed once and remembered; fall back to
+    /// TCG ([`DomainType::Qemu`](crate::DomainType::Qemu)) when it does not.
+    fn kvm_status(&self) -> KvmStatus;
+
+    /// Defines `spec` as a persistent domain, or updates the definition of the domain with the
+    /// same name and UUID (a running domain picks the change up at its next start).
+    fn define(&self, spec: &DomainSpec) -> Result<DomainInfo, HypervisorError>;
+
+    /// Starts a defined, shut-off domain.
+    fn start(&self, name: &str) -> Result<(), HypervisorError>;
+
+    /// Asks the guest to power off.
+    fn shutdown(&self, name: &str, mode: ShutdownMode) -> Result<(), HypervisorError>;
+
+    /// Asks the guest to reboot (ACPI power button, then QEMU restarts the guest when it powers
+    /// off); the domain stays running.
+    fn reboot(&self, name: &str) -> Result<(), HypervisorError>;
+
+    /// Powers the domain off at once, like pulling the plug.
+    fn destroy(&self, name: &str) -> Result<(), HypervisorError>;
+
+    /// Removes the definition of a shut-off domain (and its libvirt-side snapshot metadata and
+    /// managed-save image). Refused while the domain runs, so that nothing is left behind as a
+    /// transient domain: destroy it first.
+    fn undefine(&self, name: &str) -> Result<(), HypervisorError>;
+
+    /// Pauses the vCPUs. A paused domain stays paused; a shut-off one is refused.
+    fn suspend(&self, name: &str) -> Result<(), HypervisorError>;
+
+    /// Resumes paused vCPUs. A running domain stays running; a shut-off one is refused.
+    fn resume(&self, name: &str) -> Result<(), HypervisorError>;
+
+    /// One domain.
+    fn domain(&self, name: &str) -> Result<DomainInfo, HypervisorError>;
+
+    /// Every domain, Keel's or not, sorted by name.
+    fn list(&self) -> Result<Vec<DomainInfo>, HypervisorError>;
+
+    /// Live-migrates a running domain to another hypervisor. On success the domain runs and is
+    /// defined there, and is gone from here; on failure it keeps running here.
+    fn migrate(&self, name: &str, options: &MigrateOptions) -> Result<(), HypervisorError>;
+
+    /// Attaches to the serial console of a running domain, taking it over from any other
+    /// client.
+    fn open_console(&self, name: &str) -> Result<Box<dyn Console>, HypervisorError>;
+}
+
+/// What Keel knows about one domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainInfo {
+    /// libvirt name.
+    pub name: String,
+    /// libvirt UUID.
+    pub uuid: Uuid,
+    /// Current state.
+    pub state: DomainState,
+    /// True when defined (survives a stop); false for a transient domain.
+    pub persistent: bool,
+    /// The Keel VM uid from the domain's metadata; `None` for domains Keel did not define.
+    pub keel_uid: Option<Uuid>,
+}
+
+/// A domain's state, as libvirt reports it, folded into what Keel acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DomainState {
+    /// vCPUs running (libvirt `running` or `blocked`).
+    Running,
+    /// vCPUs paused by a user, a migration or an I/O error.
+    Paused,
+    /// Shutdown requested and in progress.
+    ShuttingDown,
+    /// Not running.
+    Shutoff,
+    /// The guest crashed (and `on_crash` kept it).
+    Crashed,
+    /// Suspended by the guest's power management.
+    PmSuspended,
+    /// libvirt reports no state.
+    Unknown,
+}
+
+impl DomainState {
+    /// True while a QEMU process exists for the domain.
+    pub fn is_active(self) -> bool {
+        !matches!(self, DomainState::Shutoff)
+    }
+}
+
+impl fmt::Display for DomainState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DomainState::Running => "running",
+            DomainState::Paused => "paused",
+            DomainState::ShuttingDown => "shutting down",
+            DomainState::Shutoff => "shut off",
+            DomainState::Crashed => "crashed",
+            DomainState::PmSuspended => "suspended by the guest",
+            DomainState::Unknown => "in an unknown state",
+        })
+    }
+}
+
+/// How to ask a guest to power off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownMode {
+    /// Press the ACPI power button.
+    Acpi,
+    /// Ask qemu-guest-agent (needs [`DomainSpec::guest_agent`] and the agent in the guest).
+    GuestAgent,
+}
+
+/// Where and how to live-migrate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateOptions {
+    /// libvirt URI of the destination, as this host's libvirt daemon reaches it (peer to peer),
+    /// e.g. `qemu+tls://node2/system`.
+    pub dest_uri: String,
+    /// Where QEMU sends the memory stream, e.g. `tcp://10.0.0.2`; by default the destination's
+    /// host name.
+    pub migrate_uri: Option<String>,
+    /// Copy local disks to the destination too (non-shared storage); the destination must have
+    /// image files (or a pool to create them in) at the same paths.
+    pub copy_storage: bool,
+    /// Longest pause allowed for the final switch-over.
+    pub max_downtime: Option<Duration>,
+}
+
+impl MigrateOptions {
+    /// Memory-only live migration to `dest_uri` with libvirt's defaults.
+    pub fn to(dest_uri: impl Into<String>) -> Self {
+        Self {
+            dest_uri: dest_uri.into(),
+            migrate_uri: None,
+            copy_storage: false,
+            max_downtime: None,
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! [`Libvirt`]: the [`Hypervisor`] over a real libvirt connection.
+
+mod console;
+
+use std::sync::OnceLock;
+
+use virt::connect::Connect;
+use virt::domain::{Domain, MigrateParameters};
+use virt::error::ErrorNumber;
+use virt::stream::Stream;
+use virt::sys;
+
+use crate::xml::{parse_keel_metadata, KEEL_METADATA_NS};
+use crate::{
+    Capabilities, Console, DomainInfo, DomainSpec, DomainState, DomainType, Hypervisor,
+    HypervisorError, KvmProbe, KvmStatus, MigrateOptions, Op, ShutdownMode,
+};
+
+use console::LibvirtConsole;
+
+/// A libvirt connection, usually `qemu:///system` on the local host.
+///
+/// libvirt connections are thread-safe, so one `Libvirt` serves every thread; dropping it
+/// closes the connection.
+pub struct Libvirt {
+    conn: Connect,
+    uri: String,
+    probe: KvmProbe,
+    kvm: OnceLock<KvmStatus>,
+}
+
+impl Libvirt {
+    /// The local system libvirt daemon.
+    pub const DEFAULT_URI: &'static str = "qemu:///system";
+
+    /// Opens a connection to `uri`.
+    pub fn connect(uri: &str) -> Result<Self, HypervisorError> {
+        // libvirt prints every error to stderr by default; we return them instead.
+        virt::error::clear_error_callback();
+        let conn = Connect::open(Some(uri)).map_err(|source| HypervisorError::Connect {
+            uri: uri.into(),
+            source,
+        })?;
+        Ok(Self {
+            conn,
+            uri: uri.into(),
+            probe: KvmProbe::default(),
+            kvm: OnceLock::new(),
+        })
+    }
+
+    /// Uses `probe` for [`Hypervisor::kvm_status`] instead of the default one. The probe runs
+    /// QEMU on *this* host, so it only means something when libvirt is local too.
+    pub fn with_kvm_probe(mut self, probe: KvmProbe) -> Self {
+        self.probe = probe;
+        self
+    }
+
+    /// The URI this connection was opened with.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn lookup(&self, name: &str, op: Op) -> Result<Domain, HypervisorError> {
+        Domain::lookup_by_name(&self.conn, name).map_err(|e| self.classify(op, name, e))
+    }
+
+    /// Maps a libvirt error about domain `name` to the contract's variants where one applies.
+    fn classify(&self, op: Op, name: &str, source: virt::error::Error) -> HypervisorError {
+        match source.code() {
+            ErrorNumber::NoDomain => HypervisorError::NotFound { name: name.into() },
+            ErrorNumber::OperationInvalid => HypervisorError::InvalidState {
+                name: name.into(),
+                op,
+                state: Domain::lookup_by_name(&self.conn, name)
+                    .and_then(|d| state_of(&d))
+                    .unwrap_or(DomainState::Unknown),
+            },
+            _ => HypervisorError::Domain {
+                op,
+                name: name.into(),
+                source,
+            },
+        }
+    }
+
+    fn info(&self, dom: &Domain, name: &str, op: Op) -> Result<DomainInfo, HypervisorError> {
+        let fail = |e| self.classify(op, name, e);
+        let keel_uid = match dom.get_metadata(
+            sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+            Some(KEEL_METADATA_NS),
+            0,
+        ) {
+            Ok(xml) => match parse_keel_metadata(&xml) {
+                Ok(uid) => Some(uid),
+                Err(e) => {
+                    tracing::warn!(domain = name, error = %e, "unreadable Keel metadata");
+                    None
+                }
+            },
+            Err(e) if e.code() == ErrorNumber::NoDomainMetadata => None,
+            Err(e) => return Err(fail(e)),
+        };
+        Ok(DomainInfo {
+            name: dom.get_name().map_err(fail)?,
+            uuid: dom.get_uuid().map_err(fail)?,
+            state: state_of(dom).map_err(fail)?,
+            persistent: dom.is_persistent().map_err(fail)?,
+            keel_uid,
+        })
+    }
+
+    /// Looks the domain up and refuses `op` unless its state is one of `allowed`.
+    fn require(
+        &self,
+        name: &str,
+        op: Op,
+        allowed: &[DomainState],
+    ) -> Result<(Domain, DomainState), HypervisorError> {
+        let dom = self.lookup(name, op)?;
+        let state = state_of(&dom).map_err(|e| self.classify(op, name, e))?;
+        if !allowed.contains(&state) {
+            return Err(HypervisorError::InvalidState {
+                name: name.into(),
+                op,
+                state,
+            });
+        }
+        Ok((dom, state))
+    }
+}
+
+/// States in which a QEMU process runs the guest (or is about to stop it).
+const ACTIVE: &[DomainState] = &[
+    DomainState::Running,
+    DomainState::Paused,
+    DomainState::ShuttingDown,
+    DomainState::Crashed,
+    DomainState::PmSuspended,
+    DomainState::Unknown,
+];
+
+fn state_of(dom: &Domain) -> Result<DomainState, virt::error::Error> {
+    let (state, _reason) = dom.get_state()?;
+    Ok(match state {
+        sys::VIR_DOMAIN_RUNNING | sys::VIR_DOMAIN_BLOCKED => DomainState::Running,
+        sys::VIR_DOMAIN_PAUSED => DomainState::Paused,
+        sys::VIR_DOMAIN_SHUTDOWN => DomainState::ShuttingDown,
+        sys::VIR_DOMAIN_SHUTOFF => DomainState::Shutoff,
+        sys::VIR_DOMAIN_CRASHED => DomainState::Crashed,
+        sys::VIR_DOMAIN_PMSUSPENDED => DomainState::PmSuspended,
+        _ => DomainState::Unknown,
+    })
+}
+
+impl Drop for Libvirt {
+    fn drop(&mut self) {
+        if let Err(e) = self.conn.close() {
+            tracing::debug!(uri = %self.uri, error = %e, "closing the libvirt connection failed");
+        }
+    }
+}
+
+impl Hypervisor for Libvirt {
+    fn capabilities(&self) -> Result<Capabilities, HypervisorError> {
+        let host = |source| HypervisorError::Host {
+            op: Op::Capabilities,
+            source,
+        };
+        let xml = self.conn.get_capabilities().map_err(host)?;
+        let mut caps = Capabilities::from_xml(&xml).map_err(|source| HypervisorError::Xml {
+            op: Op::Capabilities,
+            source,
+        })?;
+        let mut models = self
+            .conn
+            .get_cpu_models_names(&caps.arch, 0)
+            .map_err(host)?;
+        models.sort();
+        caps.cpu_models = models;
+        Ok(caps)
+    }
+
+    fn kvm_status(&self) -> KvmStatus {
+        self.kvm
+            .get_or_init(|| match self.capabilities() {
+                Ok(caps) if caps.domain_types.contains(&DomainType::Kvm) => self.probe.run(),
+                Ok(_) => KvmStatus::Missing,
+                Err(e) => KvmStatus::Broken {
+                    reason: format!("cannot read capabilities: {e}"),
+                },
+            })
+            .clone()
+    }
+
+    fn define(&self, spec: &DomainSpec) -> Result<DomainInfo, HypervisorError> {
+        let name = spec.name.as_str();
+        let xml = spec.to_xml().map_err(|source| HypervisorError::Spec {
+            name: name.into(),
+            source,
+        })?;
+        // Refuse clashes ourselves: libvirt would otherwise redefine a same-UUID domain under a
+        // new name, and its clash errors are not distinguishable by code.
+        for existing in self.list()? {
+            let same_name = existing.name == name;
+            let same_uuid = existing.uuid == spec.uuid;
+            if same_name != same_uuid {
+                return Err(HypervisorError::AlreadyExists {
+                    name: name.into(),
+                    existing: existing.name,
+                    uuid: existing.uuid,
+                });
+            }
+        }
+        let dom = Domain::define_xml_flags(&self.conn, &xml, sys::VIR_DOMAIN_DEFINE_VALIDATE)
+            .map_err(|e| self.classify(Op::Define, name, e))?;
+        tracing::info!(domain = name, uuid = %spec.uuid, "domain defined");
+        self.info(&dom, name, Op::Define)
+    }
+
+    fn start(&self, name: &str) -> Result<(), HypervisorError> {
+        let (dom, _) = self.require(name, Op::Start, &[DomainState::Shutoff])?;
+        dom.create()
+            .map_err(|e| self.classify(Op::Start, name, e))?;
+        tracing::info!(domain = name, "domain started");
+        Ok(())
+    }
+
+    fn shutdown(&self, name: &str, mode: ShutdownMode) -> Result<(), HypervisorError> {
+        let (dom, _) = self.require(name, Op::Shutdown, ACTIVE)?;
+        let flags = match mode {
+            ShutdownMode::Acpi => sys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN,
+            ShutdownMode::GuestAgent => sys::VIR_DOMAIN_SHUTDOWN_GUEST_AGENT,
+        };
+        dom.shutdown_flags(flags)
+            .map_err(|e| self.classify(Op::Shutdown, name, e))?;
+        tracing::info!(domain = name, ?mode, "domain shutdown requested");
+        Ok(())
+    }
+
+    fn reboot(&self, name: &str) -> Result<(), HypervisorError> {
+        let (dom, _) = self.require(name, Op::Reboot, ACTIVE)?;
+        dom.reboot(sys::VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+            .map_err(|e| self.classify(Op::Reboot, name, e))?;
+        tracing::info!(domain = name, "domain reboot requested");
+        Ok(())
+    }
+
+    fn destroy(&self, name: &str) -> Result<(), HypervisorError> {
+        let (dom, _) = self.require(name, Op::Destroy, ACTIVE)?;
+        dom.destroy()
+            .map_err(|e| self.classify(Op::Destroy, name, e))?;
+        tracing::info!(domain = name, "domain destroyed");
+        Ok(())
+    }
+
+    fn undefine(&self, name: &str) -> Result<(), HypervisorError> {
+        let (dom, _) = self.require(name, Op::Undefine, &[DomainState::Shutoff])?;
+        let flags = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+            | sys::VIR_DOMAIN_UNDEFINE_NVRAM;
+        dom.undefine_flags(flags)
+            .map_err(|e| self.classify(Op::Undefine, name, e))?;
+        tracing::info!(domain = name, "domain undefined");
+        Ok(())
+    }
+
+    fn suspend(&self, name: &str) -> Result<(), HypervisorError> {
+        let (dom, state) = self.require(
+            name,
+            Op::Suspend,
+            &[DomainState::Running, DomainState::Paused],
+        )?;
+        if state == DomainState::Running {
+            dom.suspend()
+                .map_err(|e| self.classify(Op::Suspend, name, e))?;
+            tracing::info!(domain = name, "domain suspended");
+        }
+        Ok(())
+    }
+
+    fn resume(&self, name: &str) -> Result<(), HypervisorError> {
+        let (dom, state) = self.require(
+            name,
+            Op::Resume,
+            &[DomainState::Running, DomainState::Paused],
+        )?;
+        if state == DomainState::Paused {
+            dom.resume()
+                .map_err(|e| self.classify(Op::Resume, name, e))?;
+            tracing::info!(domain = name, "domain resumed");
+        }
+        Ok(())
+    }
+
+    fn domain(&self, name: &str) -> Result<DomainInfo, HypervisorError> {
+        let dom = self.lookup(name, Op::Inspect)?;
+        self.info(&dom, name, Op::Inspect)
+    }
+
+    fn list(&self) -> Result<Vec<DomainInfo>, HypervisorError> {
+        let domains = self
+            .conn
+            .list_all_domains(0)
+            .map_err(|source| HypervisorError::Host {
+                op: Op::List,
+                source,
+            })?;
+        let mut out = Vec::with_capacity(domains.len());
+        for dom in &domains {
+            let name = dom.get_name().map_err(|source| HypervisorError::Host {
+                op: Op::List,
+                source,
+            })?;
+            match self.info(dom, &name, Op::List) {
+                Ok(info) => out.push(info),
+                // Gone between the listing and the look: it is not there any more.
+                Err(HypervisorError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn migrate(&self, name: &str, options: &MigrateOptions) -> Result<(), HypervisorError> {
+        let (dom, _) = self.require(
+            name,
+            Op::Migrate,
+            &[DomainState::Running, DomainState::Paused],
+        )?;
+        if let Some(downtime) = options.max_downtime {
+            let ms = u64::try_from(downtime.as_millis()).unwrap_or(u64::MAX);
+            dom.migrate_set_max_downtime(ms, 0)
+                .map_err(|e| self.classify(Op::Migrate, name, e))?;
+        }
+        // Peer to peer: this host's libvirt daemon drives the whole migration, so it completes
+        // (or rolls back) even if Keel's connection drops halfway.
+        let mut flags = sys::VIR_MIGRATE_LIVE
+            | sys::VIR_MIGRATE_PEER2PEER
+            | sys::VIR_MIGRATE_PERSIST_DEST
+            | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
+        if options.copy_storage {
+            flags |= sys::VIR_MIGRATE_NON_SHARED_DISK;
+        }
+        let params = MigrateParameters {
+            uri: options.migrate_uri.clone(),
+            ..MigrateParameters::default()
+        };
+        tracing::info!(domain = name, dest = %options.dest_uri, copy_storage = options.copy_storage, "migrating domain");
+        dom.migrate_to_uri3(Some(&options.dest_uri), params, flags)
+            .map_err(|e| self.classify(Op::Migrate, name, e))?;
+        tracing::info!(domain = name, dest = %options.dest_uri, "domain migrated");
+        Ok(())
+    }
+
+    fn open_console(&self, name: &str) -> Result<Box<dyn Console>, HypervisorError> {
+        let (dom, _) = self.require(name, Op::OpenConsole, ACTIVE)?;
+        let fail = |e| self.classify(Op::OpenConsole, name, e);
+        let stream = Stream::new(&self.conn, 0).map_err(fail)?;
+        dom.open_console(None, &stream, sys::VIR_DOMAIN_CONSOLE_FORCE)
+            .map_err(fail)?;
+        let console = LibvirtConsole::new(stream, name).map_err(|source| HypervisorError::Io {
+            op: Op::OpenConsole,
+            source,
+        })?;
+        Ok(Box::new(console))
+    }
+}

@@ -1,0 +1,264 @@
+//! Rendering a [`DomainSpec`] as libvirt domain XML, and reading back the few bits of
+//! libvirt's XML Keel needs (its own metadata).
+//!
+//! ```text
+//!  DomainSpec ──validate()──▶ domain::Domain<'_> (serde types, borrowed) ──quick-xml──▶ String
+//! ```
+//!
+//! The output is deterministic (fixed element order, two-space indent, no XML declaration), so
+//! golden files in `tests/data/` compare it byte for byte.
+
+mod domain;
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::spec::{Boot, CpuMode, DomainSpec, ValidationError, Vnc};
+
+/// XML namespace of the `<metadata>` element Keel puts in every domain it defines.
+pub const KEEL_METADATA_NS: &str = "urn:keel:libvirt:vm:1";
+
+/// Why domain XML could not be produced or read.
+#[derive(Debug, thiserror::Error)]
+pub enum XmlError {
+    /// The spec is invalid.
+    #[error("invalid domain spec")]
+    Invalid(#[from] ValidationError),
+    /// Serialisation failed (a bug: every valid spec must render).
+    #[error("cannot serialise domain XML")]
+    Serialize(#[source] quick_xml::SeError),
+    /// XML from libvirt did not parse.
+    #[error("cannot parse {what} XML from libvirt")]
+    Parse {
+        /// Which document.
+        what: &'static str,
+        /// The parser's complaint.
+        #[source]
+        source: quick_xml::DeError,
+    },
+}
+
+/// Renders an already validated spec.
+pub(crate) fn render(spec: &DomainSpec) -> Result<String, XmlError> {
+    let mut out = String::new();
+    let mut ser = quick_xml::se::Serializer::new(&mut out);
+    ser.indent(' ', 2);
+    serde::Serialize::serialize(&build(spec)?, ser).map_err(XmlError::Serialize)?;
+    out.push('\n');
+    Ok(out)
+}
+
+/// A path the spec has validated as UTF-8; checked again rather than trusted.
+fn utf8<'a>(field: &str, path: &'a std::path::Path) -> Result<&'a str, XmlError> {
+    path.to_str().ok_or_else(|| {
+        XmlError::Invalid(ValidationError::Malformed {
+            field: field.into(),
+            value: path.to_string_lossy().into_owned(),
+            expected: "a UTF-8 path",
+        })
+    })
+}
+
+fn build(spec: &DomainSpec) -> Result<domain::Domain<'_>, XmlError> {
+    use domain as x;
+
+    let os = match &spec.boot {
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => x::Os {
+            os_type: os_type(),
+            kernel: Some(utf8("boot.kernel", kernel)?),
+            initrd: initrd
+                .as_deref()
+                .map(|p| utf8("boot.initrd", p))
+                .transpose()?,
+            cmdline: Some(cmdline.as_str()),
+            boot: None,
+        },
+        Boot::Disk => x::Os {
+            os_type: os_type(),
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            boot: Some(x::BootDev { dev: "hd" }),
+        },
+    };
+
+    let cpu = match &spec.cpu {
+        // check='none': libvirt does not compare with the host; QEMU refuses what it cannot do.
+        CpuMode::HostPassthrough => x::Cpu {
+            mode: "host-passthrough",
+            match_: None,
+            check: "none",
+            migratable: Some("on"),
+            model: None,
+        },
+        CpuMode::Model { name } => x::Cpu {
+            mode: "custom",
+            match_: Some("exact"),
+            check: "none",
+            migratable: None,
+            model: Some(x::CpuModel {
+                fallback: "forbid",
+                name: name.as_str(),
+            }),
+        },
+    };
+
+    let mut disks = Vec::with_capacity(spec.disks.len());
+    for (i, d) in spec.disks.iter().enumerate() {
+        disks.push(x::Disk {
+            kind: "file",
+            device: "disk",
+            driver: x::DiskDriver {
+                name: "qemu",
+                format: d.format.as_str(),
+                discard: "unmap",
+            },
+            source: x::FileSource {
+                file: utf8("disks.path", &d.path)?,
+            },
+            target: x::DiskTarget {
+                dev: DomainSpec::disk_target(i),
+                bus: "virtio",
+            },
+            iotune: d.iotune.as_ref().map(|t| x::IoTune {
+                total_bytes_sec: t.total_bytes_sec,
+                read_bytes_sec: t.read_bytes_sec,
+                write_bytes_sec: t.write_bytes_sec,
+                total_iops_sec: t.total_iops_sec,
+                read_iops_sec: t.read_iops_sec,
+                write_iops_sec: t.write_iops_sec,
+            }),
+        });
+    }
+
+    let interfaces = spec
+        .nics
+        .iter()
+        .map(|n| x::Interface {
+            kind: "bridge",
+            mac: x::MacElement {
+                address: n.mac.to_string(),
+            },
+            source: x::BridgeSource {
+                bridge: n.bridge.as_str(),
+            },
+            virtualport: x::Virtualport {
+                kind: "openvswitch",
+                parameters: n.interface_id.map(|id| x::VirtualportParameters {
+                    interfaceid: id.to_string(),
+                }),
+            },
+            model: x::TypeOnly { kind: "virtio" },
+        })
+        .collect();
+
+    let graphics = match &spec.vnc {
+        None => None,
+        Some(Vnc::Socket { path }) => Some(x::Graphics {
+            kind: "vnc",
+            port: None,
+            autoport: None,
+            listen: x::Listen {
+                kind: "socket",
+                address: None,
+                socket: Some(utf8("vnc.path", path)?),
+            },
+        }),
+        Some(Vnc::Loopback) => Some(x::Graphics {
+            kind: "vnc",
+            port: Some("-1"),
+            autoport: Some("yes"),
+            listen: x::Listen {
+                kind: "address",
+                address: Some("127.0.0.1"),
+                socket: None,
+            },
+        }),
+    };
+
+    Ok(x::Domain {
+        kind: spec.domain_type.as_str(),
+        name: spec.name.as_str(),
+        uuid: spec.uuid.to_string(),
+        metadata: x::Metadata {
+            vm: x::KeelVm {
+                xmlns: KEEL_METADATA_NS,
+                uid: spec.keel_uid.to_string(),
+            },
+        },
+        memory: x::Memory {
+            unit: "MiB",
+            value: spec.memory_mib,
+        },
+        vcpu: x::Vcpu {
+            placement: "static",
+            count: spec.vcpus,
+        },
+        os,
+        features: x::Features {
+            acpi: x::Empty {},
+            apic: x::Empty {},
+        },
+        cpu,
+        clock: x::Clock { offset: "utc" },
+        on_poweroff: "destroy",
+        on_reboot: "restart",
+        on_crash: "destroy",
+        devices: x::Devices {
+            disk: disks,
+            interface: interfaces,
+            serial: x::Serial {
+                kind: "pty",
+                target: x::SerialTarget { port: 0 },
+            },
+            console: x::Console {
+                kind: "pty",
+                target: x::ConsoleTarget {
+                    kind: "serial",
+                    port: 0,
+                },
+            },
+            channel: spec.guest_agent.then_some(x::Channel {
+                kind: "unix",
+                target: x::ChannelTarget {
+                    kind: "virtio",
+                    name: "org.qemu.guest_agent.0",
+                },
+            }),
+            video: graphics.as_ref().map(|_| x::Video {
+                model: x::TypeOnly { kind: "vga" },
+            }),
+            graphics,
+            memballoon: x::Memballoon { model: "virtio" },
+        },
+    })
+}
+
+fn os_type() -> domain::OsType {
+    domain::OsType {
+        arch: "x86_64",
+        machine: "pc",
+        value: "hvm",
+    }
+}
+
+/// Keel's metadata element as libvirt hands it back (`virDomainGetMetadata`), in whatever
+/// namespace prefix libvirt chose.
+#[derive(Deserialize)]
+struct KeelVmIn {
+    #[serde(rename = "@uid")]
+    uid: Uuid,
+}
+
+/// Reads the Keel VM uid out of the metadata element libvirt returns.
+pub(crate) fn parse_keel_metadata(xml: &str) -> Result<Uuid, XmlError> {
+    let vm: KeelVmIn = quick_xml::de::from_str(xml).map_err(|source| XmlError::Parse {
+        what: "metadata",
+        source,
+    })?;
+    Ok(vm.uid)
+}
