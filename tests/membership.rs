@@ -51,7 +51,9 @@ async fn wrong_secret_is_refused_and_nodes_four_and_five_join() -> Result<()> {
     dev.dev(&["stop", "intruder", "--kill"])?;
 
     // A 4th node joins as a learner: voters stay odd.
-    dev.dev(&["add", "node4", "--wait"])?;
+    let added = dev.dev(&["add", "node4", "--wait"])?;
+    let node4: Value = serde_json::from_str(added.trim())?;
+    let node4_api = node4["api"].as_str().unwrap_or_default().to_string();
     let ms = wait_until(
         "node4 to be a ready learner",
         Duration::from_secs(30),
@@ -75,7 +77,7 @@ async fn wrong_secret_is_refused_and_nodes_four_and_five_join() -> Result<()> {
         .put_setting("test.member.k", serde_json::json!("v"))
         .await?;
     assert_eq!(put.status, 200);
-    let n4 = dev.client("https://10.77.2.14:8443").await?;
+    let n4 = dev.client(&node4_api).await?;
     let got = n4
         .call("GET", "/api/v1/settings/test.member.k", None)
         .await?;
@@ -104,6 +106,17 @@ async fn wrong_secret_is_refused_and_nodes_four_and_five_join() -> Result<()> {
     let ms = members(&api).await?;
     assert!(role_of(&ms, "node5").is_none(), "{ms:?}");
     assert_eq!(ms.len(), 4);
+    // Voters stay odd after the removal: one of the four is demoted to learner.
+    let odd = wait_until("voters to be odd again", Duration::from_secs(15), || {
+        let api = api.clone();
+        async move {
+            let ms = members(&api).await?;
+            let voters = ms.iter().filter(|m| m["role"] == "voter").count();
+            Ok((voters == 3).then_some(ms))
+        }
+    })
+    .await?;
+    assert_eq!(odd.len(), 4);
     let nodes = api.call("GET", "/api/v1/nodes/node5", None).await?;
     assert_eq!(nodes.status, 404);
     Ok(())

@@ -196,6 +196,10 @@ impl Api {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
+        // HTTP/2 lets the server refuse an oversized body with a 413 on the stream instead of
+        // resetting the whole connection under a client that is still sending.
+        let mut cfg = cfg;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(cfg)
             .timeout(Duration::from_secs(10))

@@ -202,10 +202,24 @@ async fn login(ctx: Ctx, conn: Option<ConnInfo>, body: Bytes) -> ApiResult {
         .map_err(ApiError::RateLimited)?;
     let user: Option<UserRecord> = match m.get(kinds::USERS, &req.username)? {
         Some(rec) => Some(decode(&rec)?),
+        None if m
+            .get(kinds::CLUSTER, crate::member::cluster_records::INFO)?
+            .is_none() =>
+        {
+            return Err(ApiError::NotReady(
+                "the cluster is still bootstrapping; retry in a moment".into(),
+            ));
+        }
         None => None,
     };
     let password = req.password.clone();
     let hash = user.as_ref().map(|u| u.password_hash.clone());
+    // argon2 takes ~19 MiB per check: one at a time bounds memory under a login storm.
+    let _permit = ctx
+        .hash_slots
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Internal("shutting down".into()))?;
     let good = tokio::task::spawn_blocking(move || match hash {
         Some(h) => auth::verify_password(&password, &h),
         None => {
@@ -316,16 +330,18 @@ pub async fn remove_node_local(m: &Member, name: &str) -> Result<(), ApiError> {
             message: format!("{name} is the current leader; stop it (or remove it from another node after a new leader is elected)"),
         });
     }
-    m.store
-        .remove_node(node.status.id)
-        .await
-        .map_err(crate::member::store_err)?;
+    // The record goes first: the leader's membership loop converges Raft to the records, so
+    // it could otherwise re-add the node between the two steps.
     m.write_ok(Request::Delete {
         kind: kinds::NODES.into(),
         name: name.into(),
         expected_version: None,
     })
     .await?;
+    m.store
+        .remove_node(node.status.id)
+        .await
+        .map_err(crate::member::store_err)?;
     info!(node = %name, "node removed from the cluster");
     Ok(())
 }
@@ -551,16 +567,23 @@ fn reply(r: ApiResult) -> HttpResponse {
 /// Turns warp's own rejections (no route, wrong method, bad query, body too large) into the
 /// API's error body.
 async fn recover(r: Rejection) -> Result<HttpResponse, Infallible> {
+    // warp merges the rejections of every route tried; the specific causes come first, the
+    // method mismatch (which other routes on the same path add) last.
     let e = if r.is_not_found() {
         ApiError::NotFound("no such API route; see /api/v1/openapi.json".into())
-    } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
-        ApiError::bad(format!("the query string is not valid: {e}"), None)
     } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
         ApiError::TooLarge(MAX_BODY)
-    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::MethodNotAllowed
+    } else if r.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::bad(
+            "the request has no body; send a JSON object with a Content-Length",
+            None,
+        )
+    } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
+        ApiError::bad(format!("the query string is not valid: {e}"), None)
     } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
         ApiError::bad(e.to_string(), None)
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
     } else {
         ApiError::bad(format!("the request is not valid: {r:?}"), None)
     };

@@ -81,6 +81,8 @@ pub struct Daemon {
     pub member: OnceLock<Arc<Member>>,
     /// Failed-login limiter.
     pub limiter: LoginLimiter,
+    /// Bounds concurrent password hashing (memory-hard by design).
+    pub hash_slots: tokio::sync::Semaphore,
     /// The API certificate.
     pub cert_slot: Arc<CertSlot>,
     /// Fires on shutdown.
@@ -149,6 +151,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }),
         member: OnceLock::new(),
         limiter: LoginLimiter::new(5, Duration::from_secs(60)),
+        hash_slots: tokio::sync::Semaphore::new(1),
         cert_slot: cert_slot.clone(),
         shutdown: shutdown_rx.clone(),
     });

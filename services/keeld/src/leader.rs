@@ -209,6 +209,24 @@ async fn membership(member: &Arc<Member>) -> anyhow::Result<Option<tokio::task::
         .filter_map(|r| node_of(r).ok())
         .collect();
 
+    // 0. A member without a Node record was removed: take it out of Raft (never the leader
+    //    itself; the founder briefly has no record while it bootstraps).
+    let recorded: BTreeSet<NodeId> = nodes.iter().map(|n| n.status.id).collect();
+    if member
+        .get(kinds::CLUSTER, crate::member::cluster_records::INFO)?
+        .is_some()
+    {
+        if let Some(gone) = voters
+            .iter()
+            .chain(learners.iter())
+            .find(|id| !recorded.contains(id) && Some(**id) != metrics.current_leader)
+        {
+            info!(id = gone, "removing a member that has no Node record");
+            member.store.remove_node(*gone).await?;
+            return Ok(None);
+        }
+    }
+
     // 1. A node with a record but no membership joins as a learner.
     if let Some(n) = nodes
         .iter()
