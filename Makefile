@@ -7,7 +7,8 @@ NODES ?= 3
 .PHONY: demo test deps build build-release unit integration openapi bench down clean-dev fmt lint
 
 # Host packages the dev cluster and the tests need (Debian 12).
-HOST_PKGS := iproute2 util-linux procps kmod ca-certificates pkg-config gcc make
+HOST_PKGS := iproute2 util-linux procps kmod ca-certificates pkg-config gcc make python3 \
+	$(shell cat system/*/APT_PACKAGES 2>/dev/null)
 
 deps:
 	@missing=""; for p in $(HOST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
