@@ -173,7 +173,7 @@ impl Hypervisor for FakeHypervisor {
             arch: "x86_64".into(),
             host_cpu_model: Some("fake-host-cpu".into()),
             domain_types,
-            cpu_models: vec!["qemu64".into(), "x86-64-v2".into()],
+            cpu_models: vec!["Nehalem".into(), "qemu64".into()],
         })
     }
 

@@ -3,18 +3,22 @@
 //! `/dev/kvm` can exist, open, and still hang every guest (nested virtualisation gone wrong,
 //! a broken host kernel). libvirt only checks that the device opens, so it offers `kvm`
 //! domains that would never boot. The probe runs a real guest instead: QEMU with a 64 KiB
-//! firmware of three instructions at the reset vector that write to an `isa-debug-exit` port,
-//! which makes QEMU exit at once with a known status. Anything else (an error, another
-//! status, or no exit within the timeout) means KVM is not usable, and Keel uses TCG.
+//! firmware (`src/kvm_probe.S` in this crate) that goes from the reset vector through
+//! protected mode into long mode, as every 64-bit kernel does, and then writes to an
+//! `isa-debug-exit` port, which makes QEMU exit at once with a known status. Anything else (an
+//! error, another status, or no exit within the timeout) means KVM is not usable, and Keel
+//! uses TCG.
 //!
 //! ```text
-//!  reset vector 0xFFFF0: mov al, 0x2a ; out 0xf4, al ; hlt
-//!  isa-debug-exit at 0xf4 ──▶ QEMU exits with (0x2a << 1) | 1 = 85
+//!  F000:FFF0 reset ─▶ real mode: lgdt, CR0.PE ─▶ 32-bit: page tables, PAE, EFER.LME, CR0.PG
+//!    ─▶ 64-bit: out 0xf4, 0x2a ─▶ isa-debug-exit ─▶ QEMU exits with (0x2a << 1) | 1 = 85
 //! ```
 //!
 //! Rejected: `qemu -accel kvm -machine none` only opens the device and creates no vCPU, so it
-//! passes on exactly the hosts this is for; an in-process `KVM_RUN` ioctl probe cannot be
-//! timed out safely without a child process anyway, and QEMU is already on every node.
+//! passes on exactly the hosts this is for. So does a guest that never leaves real mode: on
+//! the broken hosts this was written for, SeaBIOS and a kernel's real-mode setup code run
+//! under KVM, and the jump to protected mode hangs. An in-process `KVM_RUN` ioctl probe could
+//! not be timed out safely without a child process anyway, and QEMU is on every node.
 
 use std::fmt;
 use std::io::Read;
@@ -171,18 +175,32 @@ impl KvmProbe {
     }
 }
 
-/// 64 KiB of firmware (QEMU wants a multiple of 64 KiB), mapped so that its last 16 bytes hold
-/// the x86 reset vector F000:FFF0.
+/// The probe program (`kvm_probe.S`, assembled): real mode -> protected mode -> long mode ->
+/// `out 0xf4`. Loaded at 0xF0000.
+const PROGRAM: [u8; 0xb6] = [
+    0xfa, 0xb8, 0x00, 0xf0, 0x8e, 0xd8, 0x66, 0x0f, 0x01, 0x16, 0xb0, 0x00, 0x0f, 0x20, 0xc0, 0x66,
+    0x83, 0xc8, 0x01, 0x0f, 0x22, 0xc0, 0x66, 0xea, 0x1e, 0x00, 0x0f, 0x00, 0x08, 0x00, 0x66, 0xb8,
+    0x10, 0x00, 0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xd0, 0xbf, 0x00, 0x10, 0x00, 0x00, 0x31, 0xc0, 0xb9,
+    0x00, 0x0c, 0x00, 0x00, 0xf3, 0xab, 0xc7, 0x05, 0x00, 0x10, 0x00, 0x00, 0x03, 0x20, 0x00, 0x00,
+    0xc7, 0x05, 0x00, 0x20, 0x00, 0x00, 0x03, 0x30, 0x00, 0x00, 0xc7, 0x05, 0x00, 0x30, 0x00, 0x00,
+    0x83, 0x00, 0x00, 0x00, 0xb8, 0x00, 0x10, 0x00, 0x00, 0x0f, 0x22, 0xd8, 0x0f, 0x20, 0xe0, 0x83,
+    0xc8, 0x20, 0x0f, 0x22, 0xe0, 0xb9, 0x80, 0x00, 0x00, 0xc0, 0x0f, 0x32, 0x0d, 0x00, 0x01, 0x00,
+    0x00, 0x0f, 0x30, 0x0f, 0x20, 0xc0, 0x0d, 0x00, 0x00, 0x00, 0x80, 0x0f, 0x22, 0xc0, 0xea, 0x85,
+    0x00, 0x0f, 0x00, 0x18, 0x00, 0xb0, 0x2a, 0xe6, 0xf4, 0xf4, 0xeb, 0xfd, 0x8d, 0xb4, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x9a, 0xcf, 0x00,
+    0xff, 0xff, 0x00, 0x00, 0x00, 0x92, 0xcf, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x9a, 0xaf, 0x00,
+    0x1f, 0x00, 0x90, 0x00, 0x0f, 0x00,
+];
+
+/// At the reset vector F000:FFF0: `ljmp $0xF000, $0x0000` to the program.
+const RESET: [u8; 5] = [0xea, 0x00, 0x00, 0x00, 0xf0];
+
+/// 64 KiB of firmware (QEMU wants a multiple of 64 KiB): the program at the start, the reset
+/// jump 16 bytes from the end, `hlt` everywhere else.
 fn firmware_image() -> Vec<u8> {
-    let mut image = vec![0xf4u8; 64 * 1024]; // hlt everywhere
-    let code = [
-        0xb0, 0x2a, // mov al, 0x2a
-        0xe6, 0xf4, // out 0xf4, al
-        0xf4, // hlt
-        0xeb, 0xfd, // jmp back to hlt
-    ];
-    let start = image.len() - 16;
-    image[start..start + code.len()].copy_from_slice(&code);
+    let mut image = vec![0xf4u8; 64 * 1024];
+    image[..PROGRAM.len()].copy_from_slice(&PROGRAM);
+    image[0xfff0..0xfff0 + RESET.len()].copy_from_slice(&RESET);
     image
 }
 
@@ -207,9 +225,36 @@ mod tests {
     }
 
     #[test]
-    fn firmware_puts_the_program_at_the_reset_vector() {
-        let image = firmware_image();
-        assert_eq!(image.len(), 65536);
-        assert_eq!(&image[0xfff0..0xfff4], &[0xb0, 0x2a, 0xe6, 0xf4]);
+    fn firmware_is_the_assembled_source() {
+        // binutils is always there where Rust links (gcc depends on it).
+        let dir = tempfile::tempdir().unwrap();
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src/kvm_probe.S");
+        let obj = dir.path().join("probe.o");
+        let bin = dir.path().join("probe.bin");
+        let ok = Command::new("as")
+            .args(["--64", "-o"])
+            .arg(&obj)
+            .arg(src)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let ok = Command::new("ld")
+            .args([
+                "-m",
+                "elf_x86_64",
+                "-Ttext=0xF0000",
+                "--oformat",
+                "binary",
+                "-o",
+            ])
+            .arg(&bin)
+            .arg(&obj)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        assert!(
+            std::fs::read(&bin).unwrap() == firmware_image(),
+            "kvm_probe.S and PROGRAM differ"
+        );
     }
 }

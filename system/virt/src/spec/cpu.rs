@@ -22,7 +22,7 @@ pub enum CpuMode {
     },
 }
 
-/// A QEMU CPU model name such as `qemu64`, `x86-64-v2` or `Skylake-Client-IBRS`: 1 to 64 of
+/// A QEMU CPU model name such as `qemu64`, `Nehalem` or `Skylake-Client-IBRS` (QEMU 7.2 in Debian 12 has no `x86-64-v2` yet): 1 to 64 of
 /// `a-z A-Z 0-9 - _ .`. Whether the host supports it is libvirt's call, reported when the
 /// domain is defined or started.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
