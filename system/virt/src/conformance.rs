@@ -653,6 +653,20 @@ fn acpi_shutdown_powers_off(
     let _guard = Cleanup { hv, name: n };
     expect_ok(C, "define", hv.define(&spec))?;
     expect_ok(C, "start", hv.start(n))?;
+    // No agent channel: the agent cannot be asked, and nothing happens.
+    match hv.shutdown(n, ShutdownMode::GuestAgent) {
+        Err(HypervisorError::NoGuestAgent { .. }) => {}
+        other => {
+            return Err(fail(
+                C,
+                format!(
+                    "NoGuestAgent without a channel, got {:?}",
+                    other.map_err(|e| chain(&e))
+                ),
+            ))
+        }
+    }
+    expect_state(C, hv, n, DomainState::Running)?;
     // A booting guest may not listen to the power button yet: press it again until it powers
     // off, as keeld does, within the boot timeout.
     let deadline = Instant::now() + fixture.boot_timeout;

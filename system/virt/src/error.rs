@@ -55,7 +55,7 @@ impl fmt::Display for Op {
     }
 }
 
-/// A failed hypervisor call. The first four variants are the contract every implementation
+/// A failed hypervisor call. The first five variants are the contract every implementation
 /// keeps (the conformance suite checks them); the rest carry the underlying cause.
 #[derive(Debug, thiserror::Error)]
 pub enum HypervisorError {
@@ -85,6 +85,13 @@ pub enum HypervisorError {
         op: Op,
         /// The state it is in.
         state: DomainState,
+    },
+    /// A guest-agent request could not be delivered: the domain has no agent channel, or no
+    /// agent answers in the guest. Fall back to ACPI.
+    #[error("domain {name} has no responding guest agent")]
+    NoGuestAgent {
+        /// The domain.
+        name: String,
     },
     /// The domain spec is invalid or could not be rendered.
     #[error("domain {name} has an invalid spec")]

@@ -224,12 +224,13 @@ impl Hypervisor for FakeHypervisor {
 
     fn shutdown(&self, name: &str, mode: ShutdownMode) -> Result<(), HypervisorError> {
         self.with_domain(name, Op::Shutdown, ACTIVE, |d| {
-            // A guest without the agent channel cannot be asked through it; the request is
-            // delivered and ignored, as an ACPI press is by a guest that does not listen.
-            if mode == ShutdownMode::Acpi || d.spec.guest_agent {
-                d.state = DomainState::Shutoff;
+            // The fake guest runs an agent whenever the domain has the channel for one.
+            if mode == ShutdownMode::GuestAgent && !d.spec.guest_agent {
+                return Err(HypervisorError::NoGuestAgent { name: name.into() });
             }
-        })
+            d.state = DomainState::Shutoff;
+            Ok(())
+        })?
     }
 
     fn reboot(&self, name: &str) -> Result<(), HypervisorError> {

@@ -3,7 +3,7 @@
 //! The seam is the [`Hypervisor`] trait: define, start, shut down, destroy, undefine,
 //! suspend and resume domains, list them with their state, open serial consoles, live-migrate,
 //! and report capabilities and whether KVM really works ([`KvmProbe`]). [`Libvirt`] implements
-//! it over a libvirt connection (the `virt` crate); [`FakeHypervisor`] (feature `fake`)
+//! it over a libvirt connection (the `virt` crate); `FakeHypervisor` (feature `fake`)
 //! implements it in memory for logic tests; [`conformance`] holds the checks both must pass.
 //! No cluster logic lives here: which VM runs where, and when, is keeld's business.
 //!

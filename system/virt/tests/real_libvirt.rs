@@ -116,6 +116,9 @@ fn test_guest_counts_on_its_serial_console() -> Result<()> {
         "direct kernel boot under TCG: counters {counters:?} after {:?}",
         started.elapsed()
     );
+    // Typing works while the console's reader is blocked receiving (the guest ignores it).
+    console.write(b"\r")?;
+    read_counters(console.as_mut(), 1, Duration::from_secs(5))?;
     drop(console);
     lv.destroy(&name)?;
     lv.undefine(&name)?;

@@ -233,7 +233,16 @@ impl Hypervisor for Libvirt {
             ShutdownMode::GuestAgent => sys::VIR_DOMAIN_SHUTDOWN_GUEST_AGENT,
         };
         dom.shutdown_flags(flags)
-            .map_err(|e| self.classify(Op::Shutdown, name, e))?;
+            .map_err(|e| match (mode, e.code()) {
+                (
+                    ShutdownMode::GuestAgent,
+                    ErrorNumber::ArgumentUnsupported
+                    | ErrorNumber::AgentUnresponsive
+                    | ErrorNumber::AgentUnsynced
+                    | ErrorNumber::AgentCommandTimeout,
+                ) => HypervisorError::NoGuestAgent { name: name.into() },
+                _ => self.classify(Op::Shutdown, name, e),
+            })?;
         tracing::info!(domain = name, ?mode, "domain shutdown requested");
         Ok(())
     }
