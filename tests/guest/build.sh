@@ -55,7 +55,9 @@ for m in "$moddir/input/evdev.ko" "$moddir/acpi/button.ko"; do
     [ -r "$m" ] && modules+=("$m")
 done
 
-cmdline="console=ttyS0 panic=-1 quiet"
+# The flags after "quiet" skip work that only slows a TCG boot (about 1.5 s of 7.5 s here):
+# speculation mitigations, KASLR, TSC calibration and the timer check.
+cmdline="console=ttyS0 panic=-1 quiet mitigations=off nokaslr tsc=reliable no_timer_check"
 
 stamp_of() {
     {
@@ -93,15 +95,18 @@ for m in /lib/modules/evdev.ko /lib/modules/button.ko; do
     [ -f "$m" ] && insmod "$m" 2>/dev/null
 done
 # ACPI shutdown: block on every "Power Button" input device; the first event powers off.
-sleep 1
-for ev in /sys/class/input/event*; do
-    [ -r "$ev/device/name" ] || continue
-    if grep -q "Power Button" "$ev/device/name"; then
-        (dd if="/dev/input/${ev##*/}" of=/dev/null bs=24 count=1 2>/dev/null
-         echo "keel-guest power button" >/dev/ttyS0
-         poweroff -f) &
-    fi
-done
+# Armed in the background, once the input devices have appeared, so counting starts at once.
+(
+    sleep 1
+    for ev in /sys/class/input/event*; do
+        [ -r "$ev/device/name" ] || continue
+        if grep -q "Power Button" "$ev/device/name"; then
+            (dd if="/dev/input/${ev##*/}" of=/dev/null bs=24 count=1 2>/dev/null
+             echo "keel-guest power button" >/dev/ttyS0
+             poweroff -f) &
+        fi
+    done
+) &
 echo "keel-guest up" >/dev/ttyS0
 n=0
 while true; do

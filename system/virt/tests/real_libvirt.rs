@@ -203,6 +203,60 @@ fn live_migration_between_two_daemons_keeps_the_counter_going() -> Result<()> {
 }
 
 #[test]
+fn live_migration_with_copy_storage_moves_the_disk() -> Result<()> {
+    let g = guest()?;
+    let a = PrivateLibvirtd::start("copy-a")?;
+    let b = PrivateLibvirtd::start("copy-b")?;
+    let (lva, lvb) = (a.connect()?, b.connect()?);
+    let name = prefix("copy");
+    // The same path names a different file in each daemon's namespace, as on two hosts.
+    let inside = format!("/var/lib/libvirt/images/{name}.raw");
+    let (src, dst) = (a.host_path(&inside), b.host_path(&inside));
+    std::fs::copy(&g.disk, &src)?;
+    // Non-shared storage: the destination provides an empty image of the same size.
+    std::fs::File::create(&dst)?.set_len(std::fs::metadata(&src)?.len())?;
+    let disk = Disk {
+        path: inside.into(),
+        format: DiskFormat::Raw,
+        iotune: None,
+    };
+    lva.define(&guest_spec(&name, Boot::Disk, vec![disk])?)?;
+    lva.start(&name)?;
+    let mut console = lva.open_console(&name)?;
+    let before = read_counters(console.as_mut(), 2, Duration::from_secs(30))
+        .with_context(|| format!("QEMU log:\n{}", a.qemu_log(&name)))?;
+    drop(console);
+    let options = MigrateOptions {
+        migrate_uri: Some("tcp://127.0.0.1".into()),
+        copy_storage: true,
+        ..MigrateOptions::to(b.uri())
+    };
+    let started = Instant::now();
+    lva.migrate(&name, &options)
+        .map_err(|e| anyhow!("{e:#}\nsource {}\ndestination {}", a.logs(), b.logs()))?;
+    eprintln!(
+        "live migration with a 33 MiB disk copy took {:?}",
+        started.elapsed()
+    );
+    ensure!(lvb.domain(&name)?.state == DomainState::Running);
+    let mut console = lvb.open_console(&name)?;
+    let after = read_counters(console.as_mut(), 2, Duration::from_secs(30))?;
+    drop(console);
+    ensure!(
+        after[0] > *before.last().unwrap_or(&0),
+        "the counter restarted: before {before:?}, after {after:?}"
+    );
+    ensure!(
+        std::fs::read(&src)? == std::fs::read(&dst)?,
+        "the destination disk holds the source's bytes"
+    );
+    lvb.destroy(&name)?;
+    lvb.undefine(&name)?;
+    assert_clean(&a, &lva)?;
+    assert_clean(&b, &lvb)
+}
+
+#[test]
 fn golden_xml_is_accepted_by_libvirt() -> Result<()> {
     let daemon = PrivateLibvirtd::start("golden")?;
     let lv = daemon.connect()?;

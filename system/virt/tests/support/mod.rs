@@ -56,7 +56,7 @@ impl PrivateLibvirtd {
             .prefix(&format!("keel-virt-{tag}-"))
             .tempdir_in("/tmp")?;
         let d = dir.path();
-        for sub in ["etc", "run", "lib", "cache", "log"] {
+        for sub in ["etc", "run", "lib/images", "cache", "log"] {
             fs::create_dir_all(d.join(sub))?;
         }
         let host_uuid = uuid::Uuid::new_v4();
@@ -124,6 +124,24 @@ impl PrivateLibvirtd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Where a path under one of the daemon's private directories (`/var/lib/libvirt/...`
+    /// and the like, as the daemon and its QEMUs see them) is on the host.
+    pub fn host_path(&self, inside: &str) -> PathBuf {
+        let map = [
+            ("/etc/libvirt", "etc"),
+            ("/run/libvirt", "run"),
+            ("/var/lib/libvirt", "lib"),
+            ("/var/cache/libvirt", "cache"),
+            ("/var/log/libvirt", "log"),
+        ];
+        for (prefix, sub) in map {
+            if let Some(rest) = inside.strip_prefix(prefix) {
+                return self.dir.path().join(sub).join(rest.trim_start_matches('/'));
+            }
+        }
+        PathBuf::from(inside)
     }
 
     /// The URI to connect to.
