@@ -141,10 +141,12 @@ pub enum HypervisorError {
         source: XmlError,
     },
     /// A local system call failed (such as starting a helper thread).
-    #[error("cannot {op}")]
+    #[error("cannot {op} domain {name}")]
     Io {
         /// What was asked.
         op: Op,
+        /// The domain.
+        name: String,
         /// The OS error.
         #[source]
         source: std::io::Error,

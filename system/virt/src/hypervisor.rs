@@ -34,6 +34,11 @@ pub trait Hypervisor: Send + Sync {
     /// TCG ([`DomainType::Qemu`](crate::DomainType::Qemu)) when it does not.
     fn kvm_status(&self) -> KvmStatus;
 
+    /// Shorthand: [`kvm_status`](Self::kvm_status) is [`KvmStatus::Usable`].
+    fn kvm_usable(&self) -> bool {
+        self.kvm_status() == KvmStatus::Usable
+    }
+
     /// Defines `spec` as a persistent domain, or updates the definition of the domain with the
     /// same name and UUID (a running domain picks the change up at its next start).
     fn define(&self, spec: &DomainSpec) -> Result<DomainInfo, HypervisorError>;

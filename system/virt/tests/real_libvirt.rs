@@ -257,6 +257,63 @@ fn live_migration_with_copy_storage_moves_the_disk() -> Result<()> {
 }
 
 #[test]
+fn every_device_keel_renders_starts_in_qemu() -> Result<()> {
+    let daemon = PrivateLibvirtd::start("devices")?;
+    let lv = daemon.connect()?;
+    let tmp = tempfile::tempdir()?;
+    let qcow2 = tmp.path().join("data.qcow2");
+    let status = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow2)
+        .arg("64M")
+        .status()?;
+    ensure!(status.success(), "qemu-img create failed");
+    let vnc = tmp.path().join("vnc.sock");
+    let name = prefix("devices");
+    let throttled = Disk {
+        path: qcow2,
+        format: DiskFormat::Qcow2,
+        iotune: Some(keel_virt::IoTune {
+            total_iops_sec: Some(200),
+            read_bytes_sec: Some(10 << 20),
+            write_bytes_sec: Some(5 << 20),
+            ..Default::default()
+        }),
+    };
+    // Kernel boot plus a throttled qcow2 disk, VNC on a unix socket and the agent channel
+    // (NICs need an OVS bridge: the network adapter's tests start them).
+    let mut spec = guest_spec(&name, kernel_boot()?, vec![throttled])?;
+    spec.vnc = Some(keel_virt::Vnc::Socket { path: vnc.clone() });
+    spec.guest_agent = true;
+    lv.define(&spec)?;
+    lv.start(&name)
+        .with_context(|| format!("QEMU log:\n{}", daemon.qemu_log(&name)))?;
+    ensure!(lv.domain(&name)?.state == DomainState::Running);
+    ensure!(vnc.exists(), "QEMU listens for VNC at {}", vnc.display());
+    // The agent channel exists, but no agent runs in the test guest.
+    match lv.shutdown(&name, keel_virt::ShutdownMode::GuestAgent) {
+        Err(keel_virt::HypervisorError::NoGuestAgent { .. }) => {}
+        other => anyhow::bail!("NoGuestAgent from a guest without an agent, got {other:?}"),
+    }
+    lv.destroy(&name)?;
+
+    // VNC on 127.0.0.1 with a port libvirt picks.
+    spec.vnc = Some(keel_virt::Vnc::Loopback);
+    spec.guest_agent = false;
+    lv.define(&spec)?;
+    lv.start(&name)
+        .with_context(|| format!("QEMU log:\n{}", daemon.qemu_log(&name)))?;
+    let log = daemon.qemu_log(&name);
+    ensure!(
+        log.contains("-vnc 127.0.0.1:"),
+        "VNC on loopback only:\n{log}"
+    );
+    lv.destroy(&name)?;
+    lv.undefine(&name)?;
+    assert_clean(&daemon, &lv)
+}
+
+#[test]
 fn golden_xml_is_accepted_by_libvirt() -> Result<()> {
     let daemon = PrivateLibvirtd::start("golden")?;
     let lv = daemon.connect()?;

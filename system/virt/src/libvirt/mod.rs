@@ -372,6 +372,7 @@ impl Hypervisor for Libvirt {
             .map_err(fail)?;
         let console = LibvirtConsole::new(stream, name).map_err(|source| HypervisorError::Io {
             op: Op::OpenConsole,
+            name: name.into(),
             source,
         })?;
         Ok(Box::new(console))
