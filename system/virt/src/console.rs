@@ -3,7 +3,11 @@
 use std::time::Duration;
 
 /// A serial console attached with [`Hypervisor::open_console`](crate::Hypervisor::open_console).
-/// Dropping it detaches.
+/// Dropping it detaches at once, even while nothing arrives.
+///
+/// Over libvirt it is a blocking libvirt stream read by a helper thread, so reads can time out
+/// without a process-wide libvirt event loop; the console of a stopped domain, or one taken
+/// over by another client, reads as [`ConsoleError::Closed`].
 pub trait Console: Send {
     /// Copies what the guest wrote into `buf`, waiting at most `timeout` for something to
     /// arrive; `Ok(0)` means nothing arrived in time.

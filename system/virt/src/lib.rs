@@ -26,6 +26,19 @@
 //! Every domain carries Keel's VM uid in `<metadata>` ([`KEEL_METADATA_NS`]), which is how
 //! Keel tells its domains from anyone else's ([`DomainInfo::keel_uid`]).
 //!
+//! # Testing
+//!
+//! - Unit tests (no host needed): spec validation, XML reading, the KVM probe's firmware, and
+//!   [`conformance::run_all`] against the fake.
+//! - `tests/golden.rs`: `tests/data/<case>.input.toml` renders to `<case>.expected.xml` byte for
+//!   byte; `tests/data/invalid/<defect>.toml` is refused with `<defect>.expected.err`
+//!   (`KEEL_BLESS=1` rewrites them).
+//! - `tests/real_libvirt.rs` (root, packages from `APT_PACKAGES`): each test starts its own
+//!   libvirtd in a mount namespace (no system daemon needed), boots the tiny guest from
+//!   `tests/guest/build.sh` under TCG, runs the conformance suite, reads the guest's counter
+//!   from its serial console, live-migrates between two daemons (memory only and with copy
+//!   storage) and checks that golden XML defines and every rendered device starts.
+//!
 //! # Rejected designs
 //!
 //! - An async trait: libvirt calls block in C; see [`Hypervisor`].

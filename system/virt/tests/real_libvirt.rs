@@ -314,6 +314,68 @@ fn every_device_keel_renders_starts_in_qemu() -> Result<()> {
 }
 
 #[test]
+fn dropping_the_console_of_a_silent_guest_returns_at_once() -> Result<()> {
+    let daemon = PrivateLibvirtd::start("silent")?;
+    let lv = daemon.connect()?;
+    let tmp = tempfile::tempdir()?;
+    // An empty disk: the firmware finds nothing to boot and waits, printing nothing more.
+    let empty = tmp.path().join("empty.raw");
+    std::fs::File::create(&empty)?.set_len(1 << 20)?;
+    let name = prefix("silent");
+    let disk = Disk {
+        path: empty,
+        format: DiskFormat::Raw,
+        iotune: None,
+    };
+    lv.define(&guest_spec(&name, Boot::Disk, vec![disk])?)?;
+    lv.start(&name)?;
+    let mut console = lv.open_console(&name)?;
+    let mut buf = [0u8; 4096];
+    // Drain whatever the firmware printed, until it falls silent.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while console.read(&mut buf, Duration::from_secs(2))? > 0 {
+        ensure!(Instant::now() < deadline, "the firmware never fell silent");
+    }
+    // The console has a reader thread (thread names are cut to 15 bytes by the kernel).
+    let comm: String = format!("console-{name}").chars().take(15).collect();
+    let readers = || -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks
+                    .filter_map(|t| t.ok())
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                    .filter(|c| c.trim() == comm)
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    ensure!(readers() == 1, "one console reader thread");
+    // It is blocked receiving; dropping the console must not wait for data.
+    let started = Instant::now();
+    drop(console);
+    let took = started.elapsed();
+    ensure!(
+        took < Duration::from_secs(1),
+        "dropping the console took {took:?}"
+    );
+    // And the reader thread ends.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while readers() > 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "the console reader thread outlived the console"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And the domain's console is free for the next client.
+    let console = lv.open_console(&name)?;
+    drop(console);
+    lv.destroy(&name)?;
+    lv.undefine(&name)?;
+    assert_clean(&daemon, &lv)
+}
+
+#[test]
 fn golden_xml_is_accepted_by_libvirt() -> Result<()> {
     let daemon = PrivateLibvirtd::start("golden")?;
     let lv = daemon.connect()?;
