@@ -43,3 +43,41 @@ pub use meta::Metadata;
 pub use name::Name;
 pub use node::{CpuInfo, DiskInfo, MemoryInfo, NicInfo, Node, NodeSpec, NodeStatus, Versions};
 pub use setting::{Setting, SettingKey, SettingValue};
+
+// Virtual machines, images and local storage (issue 3).
+mod condition;
+mod hardware;
+mod image;
+mod mac;
+mod new_metadata;
+mod pool;
+mod quantity;
+mod task;
+mod update;
+mod vm;
+mod vm_group;
+mod vm_update;
+mod volume;
+
+pub use condition::{find_condition, set_condition, Condition, ConditionStatus};
+pub use hardware::{Arch, DiskBus, Firmware, NicModel, OsType};
+pub use image::{
+    Checksum, Image, ImageCreate, ImageFormat, ImagePhase, ImageSource, ImageSpec, ImageStatus,
+    ImageUpdate,
+};
+pub use mac::MacAddr;
+pub use new_metadata::{validate_labels, NewMetadata, MAX_LABELS};
+pub use pool::{Pool, PoolCreate, PoolKind, PoolPhase, PoolSpec, PoolStatus, PoolUpdate};
+pub use quantity::Bytes;
+pub use task::{ObjectRef, Percent, ResourceKind, Task, TaskKind, TaskPhase, TaskSpec, TaskStatus};
+pub use vm::{
+    derived_mac, owned_volume_name, BootDevice, CloudInit, CpuModel, DiskSource, HaPolicy, HaSpec,
+    PowerState, Vm, VmCreate, VmDisk, VmNic, VmPhase, VmPlacement, VmSpec, VmStatus, VmUsage,
+};
+pub use vm_group::{
+    GroupPolicy, GroupStrength, VmGroup, VmGroupCreate, VmGroupSpec, VmGroupStatus, VmGroupUpdate,
+};
+pub use vm_update::{VmPlacementUpdate, VmUpdate};
+pub use volume::{
+    Qos, Volume, VolumeCreate, VolumeFormat, VolumePhase, VolumeSpec, VolumeStatus, VolumeUpdate,
+};
