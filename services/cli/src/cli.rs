@@ -193,12 +193,25 @@ pub struct UpArgs {
     pub timeout: u64,
 }
 
+/// `keel dev up`'s own options besides [`UpArgs`].
+#[derive(Debug, Clone, Args)]
+pub struct DevUpArgs {
+    /// The cluster.
+    #[command(flatten)]
+    pub up: UpArgs,
+    /// Start no libvirt daemons on the nodes (for hosts without libvirt; the default starts
+    /// them when libvirtd is installed).
+    #[arg(long)]
+    pub no_libvirt: bool,
+}
+
 /// The `keel dev` commands.
 #[derive(Debug, Subcommand)]
 pub enum DevCommand {
-    /// Creates the namespaces, starts keeld in each, waits for the cluster to form and prints
-    /// one JSON object (endpoint, nodes, credentials, CA) on stdout.
-    Up(UpArgs),
+    /// Creates the namespaces, starts keeld and a libvirt of its own in each, waits for the
+    /// cluster to form and every libvirt to answer, and prints one JSON object (endpoint,
+    /// nodes, credentials, CA) on stdout.
+    Up(DevUpArgs),
     /// Removes everything `up` made: processes, namespaces, links, the forwarder.
     Down,
     /// Stops a node's keeld (SIGTERM); `--kill` kills every process of the node at once.
@@ -230,6 +243,9 @@ pub enum DevCommand {
         /// Join secret to put in its answer file instead of the cluster's.
         #[arg(long)]
         join_secret: Option<String>,
+        /// Start no libvirt daemons on the node (for hosts without libvirt).
+        #[arg(long)]
+        no_libvirt: bool,
         /// Wait until the cluster reports the node ready.
         #[arg(long)]
         wait: bool,
@@ -417,13 +433,33 @@ mod tests {
             panic!("not dev")
         };
         assert_eq!(dev.state, PathBuf::from(DEFAULT_DEV_STATE));
-        let DevCommand::Up(up) = dev.command else {
+        let DevCommand::Up(DevUpArgs { up, no_libvirt }) = dev.command else {
             panic!("not up")
         };
         assert_eq!(up.nodes, 3);
         assert_eq!(up.subnet.to_string(), "10.77.0.0/24");
         assert_eq!(up.forward, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(up.timeout, 60);
+        assert!(!no_libvirt);
+
+        let cli = parse(&["dev", "up", "--no-libvirt", "--nodes", "2"]).unwrap();
+        let Command::Dev(dev) = cli.command else {
+            panic!("not dev")
+        };
+        assert!(
+            matches!(dev.command, DevCommand::Up(DevUpArgs { ref up, no_libvirt: true }) if up.nodes == 2)
+        );
+        let cli = parse(&["dev", "add", "node4", "--no-libvirt"]).unwrap();
+        let Command::Dev(dev) = cli.command else {
+            panic!("not dev")
+        };
+        assert!(matches!(
+            dev.command,
+            DevCommand::Add {
+                no_libvirt: true,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod forward;
 pub mod host;
+pub mod libvirt;
 pub mod ops;
 pub mod plan;
 pub mod procs;
@@ -22,7 +23,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let dir = &args.state;
     match args.command {
         DevCommand::Up(up) => {
-            let info = ops::up(dir, &up).await?;
+            let info = ops::up_with(dir, &up.up, up.no_libvirt).await?;
             output::line(&serde_json::to_string(&info)?)?;
         }
         DevCommand::Down => ops::down(dir)?,
@@ -32,6 +33,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         DevCommand::Add {
             name,
             join_secret,
+            no_libvirt,
             wait,
             timeout,
         } => {
@@ -39,6 +41,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 dir,
                 name.as_str(),
                 join_secret.as_deref(),
+                no_libvirt,
                 wait,
                 Duration::from_secs(timeout),
             )

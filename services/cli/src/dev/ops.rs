@@ -3,10 +3,15 @@
 //! ```text
 //!  up:  dev.json ─▶ <state>/ns (private bind) ─▶ bridge kbr-<id> (.1)
 //!        └▶ per node: netns keel-<id>-nodeN ─▶ veth kv<id>nN ⇄ eth0 (.10+N) ─▶ mount ns
-//!           (<state>/ns/nodeN.mnt: tmpfs /run, sysfs /sys) ─▶ answer.toml ─▶ keeld
-//!        ─▶ wait: GET /cluster shows every node ready ─▶ ca.pem ─▶ forwarder ─▶ JSON
-//!  down: forwarder ─▶ SIGKILL per netns ─▶ mount ns files ─▶ veths ─▶ netns ─▶ bridge ─▶ ns dir
+//!           (<state>/ns/nodeN.mnt: tmpfs /run, sysfs /sys, the host's /sys/fs/cgroup,
+//!           libvirt directories, nftables for libvirt's ports) ─▶ answer.toml ─▶ keeld
+//!        ─▶ wait: GET /cluster shows every node ready ┐ at once ─▶ ca.pem ─▶ forwarder ─▶ JSON
+//!           ‖ virtlogd + libvirtd per node answer     ┘
+//!  down: forwarder ─▶ SIGKILL per netns (keeld, libvirt daemons, QEMU) ─▶ mount ns files
+//!        (their bind mounts go with them) ─▶ veths ─▶ netns ─▶ bridge ─▶ ns dir
 //! ```
+//! Each node's libvirt is in [`libvirt`]; `--no-libvirt` (or a host without libvirt) leaves
+//! it out.
 //! Each object is written to `dev.json` right after it is made, so a failed `up` (which tears
 //! itself down) or an interrupted one (`keel dev down` later) leaves nothing behind.
 
@@ -26,6 +31,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::host::{self, run};
+use super::libvirt;
 use super::plan::{self, NodeAnswer, Subnet};
 use super::procs;
 use super::state::{self, DevNode, DevPaths, DevState, Forwarder, DEV_STATE_VERSION};
@@ -46,6 +52,15 @@ const LOGIN_RETRY: Duration = Duration::from_millis(500);
 
 /// Interval between formation checks.
 const POLL: Duration = Duration::from_millis(200);
+
+/// How long a node's libvirt may take to answer (the first QEMU capabilities probe included).
+const LIBVIRT_DEADLINE: Duration = Duration::from_secs(90);
+
+/// The host's cgroup hierarchy, bound into every node.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Where the cgroup tree waits in a node while its sysfs is mounted.
+const CGROUP_PARKING: &str = "/run/keel-dev-cgroup";
 
 /// What `keel dev up` prints: everything a client needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,8 +196,13 @@ fn save(paths: &DevPaths, s: &DevState) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // up
 
-/// `keel dev up`.
+/// `keel dev up`, each node with its own libvirt when libvirt is installed.
 pub async fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<DevInfo> {
+    up_with(state_dir, args, false).await
+}
+
+/// `keel dev up [--no-libvirt]`.
+pub async fn up_with(state_dir: &Path, args: &UpArgs, no_libvirt: bool) -> anyhow::Result<DevInfo> {
     require_root()?;
     let keeld = find_keeld(args.keeld.as_deref())?;
     fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
@@ -220,7 +240,7 @@ pub async fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<DevInfo> {
     let started = Instant::now();
     // Ctrl-C while waiting for formation tears down what was made, like any other failure.
     let outcome = tokio::select! {
-        r = build(&paths, &mut st, &subnet, args) => r,
+        r = build(&paths, &mut st, &subnet, args, libvirt::wanted(no_libvirt)) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
     };
     match outcome {
@@ -281,6 +301,7 @@ async fn build(
     st: &mut DevState,
     subnet: &Subnet,
     args: &UpArgs,
+    with_libvirt: bool,
 ) -> anyhow::Result<DevInfo> {
     // A private mount to hold the mount namespace files: a namespace file may only be bound
     // on a mount that does not propagate into the namespace itself.
@@ -325,13 +346,17 @@ async fn build(
             veth: None,
             mount_ns: None,
             join_secret: None,
+            libvirt: with_libvirt,
         });
         save(paths, st)?;
         create_node(paths, st, &name)?;
     }
 
+    // The hypervisors start while the cluster forms; either failing fails `up` at once.
     let want: Vec<String> = st.nodes.iter().map(|n| n.name.clone()).collect();
-    let (_, via) = wait_ready(paths, st, &want, Duration::from_secs(args.timeout)).await?;
+    let hypervisors = start_libvirt(paths, st.nodes.clone());
+    let formed = wait_ready(paths, st, &want, Duration::from_secs(args.timeout));
+    let ((_, via), _) = tokio::try_join!(formed, hypervisors)?;
     fs::copy(paths.node_ca(&via), paths.ca()).with_context(|| {
         format!(
             "copying the cluster CA from {}",
@@ -342,6 +367,20 @@ async fn build(
 
     start_forwarder(paths, st, args.forward)?;
     Ok(info(paths, st, args.forward))
+}
+
+/// Starts the libvirt daemons of those of `nodes` that have libvirt, on a blocking thread,
+/// and waits until each answers.
+async fn start_libvirt(paths: &DevPaths, nodes: Vec<DevNode>) -> anyhow::Result<()> {
+    let nodes: Vec<DevNode> = nodes.into_iter().filter(|n| n.libvirt).collect();
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let paths = paths.clone();
+    tokio::task::spawn_blocking(move || libvirt::start(&paths, &nodes, LIBVIRT_DEADLINE))
+        .await
+        .context("the libvirt starter")??;
+    Ok(())
 }
 
 fn info(paths: &DevPaths, st: &DevState, forward: SocketAddr) -> DevInfo {
@@ -447,7 +486,33 @@ fn create_node(paths: &DevPaths, st: &mut DevState, name: &str) -> anyhow::Resul
         "keel-run",
         "/run",
     ])?;
-    inside(&["mount", "-t", "sysfs", "keel-sys", "/sys"])?;
+    // The node's own sysfs hides the host's /sys/fs/cgroup, whose mounts libvirt (and QEMU)
+    // still find in mountinfo: park the host's cgroup tree on /run, mount sysfs, move it back.
+    let cgroup = Path::new(CGROUP_ROOT);
+    if host::is_mountpoint(cgroup) {
+        inside(&["mkdir", "-p", CGROUP_PARKING])?;
+        inside(&["mount", "--rbind", CGROUP_ROOT, CGROUP_PARKING])?;
+        inside(&["mount", "-t", "sysfs", "keel-sys", "/sys"])?;
+        inside(&["mount", "--move", CGROUP_PARKING, CGROUP_ROOT])?;
+        inside(&["rmdir", CGROUP_PARKING])?;
+    } else {
+        inside(&["mount", "-t", "sysfs", "keel-sys", "/sys"])?;
+    }
+
+    // The node's own libvirt directories over the host's, and its firewall; its daemons
+    // start once every node exists (`libvirt::start`).
+    if node.libvirt {
+        libvirt::prepare(paths, &node, &subnet)?;
+        for (dir, target) in libvirt::binds(paths, name) {
+            inside(&["mount", "--bind", &dir.to_string_lossy(), target])?;
+        }
+        let rules = libvirt::firewall_file(paths, name);
+        run(
+            "nsenter",
+            &[&net_arg, "--", "nft", "-f", &rules.to_string_lossy()],
+        )
+        .context("applying the node's firewall for libvirt's ports (install nftables, or pass --no-libvirt)")?;
+    }
 
     let secret = node
         .join_secret
@@ -864,7 +929,11 @@ fn remove_node_objects(paths: &DevPaths, st: &mut DevState, name: &str, errors: 
             node.netns = None;
         }
     }
-    for path in [paths.node_state(name), paths.answer(name)] {
+    for path in [
+        paths.node_state(name),
+        paths.answer(name),
+        paths.libvirt_dir(name),
+    ] {
         let gone = if path.is_dir() {
             fs::remove_dir_all(&path)
         } else {
@@ -894,6 +963,7 @@ pub async fn add(
     state_dir: &Path,
     name: &str,
     join_secret: Option<&str>,
+    no_libvirt: bool,
     wait: bool,
     timeout: Duration,
 ) -> anyhow::Result<DevInfoNode> {
@@ -922,9 +992,24 @@ pub async fn add(
         veth: None,
         mount_ns: None,
         join_secret: join_secret.map(str::to_string),
+        libvirt: libvirt::wanted(no_libvirt),
     });
     save(&paths, &st)?;
-    if let Err(e) = create_node(&paths, &mut st, name) {
+    let made = match create_node(&paths, &mut st, name) {
+        Ok(()) => {
+            start_libvirt(
+                &paths,
+                st.nodes
+                    .iter()
+                    .filter(|n| n.name == name)
+                    .cloned()
+                    .collect(),
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = made {
         let mut errors = Vec::new();
         if let Some(id) = st.node(name).and_then(|n| node_netns(n).ok()) {
             procs::kill_netns(id, KILL_DEADLINE);
@@ -996,6 +1081,10 @@ pub fn start(state_dir: &Path, name: &str) -> anyhow::Result<()> {
     let running = keeld_pids(node);
     if !running.is_empty() {
         bail!("keeld on {name} is already running (pid {running:?})");
+    }
+    // After `stop --kill` the hypervisor is down too; it answers before keeld starts.
+    if node.libvirt {
+        libvirt::start(&paths, std::slice::from_ref(node), LIBVIRT_DEADLINE)?;
     }
     start_keeld(&paths, &st, node)
 }
@@ -1074,6 +1163,10 @@ pub struct NodeStatus {
     pub keeld_pid: Option<i32>,
     /// keeld's resident memory.
     pub keeld_rss_bytes: Option<u64>,
+    /// The node has its own libvirt.
+    pub libvirt: bool,
+    /// libvirtd's pid, when it runs.
+    pub libvirtd_pid: Option<i32>,
     /// Every process in the node's network namespace.
     pub pids: Vec<i32>,
 }
@@ -1103,6 +1196,8 @@ pub fn status_of(paths: &DevPaths, st: &DevState) -> DevStatus {
                 mount_ns: n.mount_ns.clone(),
                 keeld_pid,
                 keeld_rss_bytes: keeld_pid.and_then(procs::rss_bytes),
+                libvirt: n.libvirt,
+                libvirtd_pid: procs::named(&pids, "libvirtd").first().copied(),
                 pids,
             }
         })

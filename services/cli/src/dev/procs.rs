@@ -85,9 +85,14 @@ pub fn parse_vm_rss(status: &str) -> Option<u64> {
 
 /// The keeld processes among `pids`.
 pub fn keelds(pids: &[i32]) -> Vec<i32> {
+    named(pids, "keeld")
+}
+
+/// The processes among `pids` whose command name (`/proc/PID/comm`) is `name`.
+pub fn named(pids: &[i32], name: &str) -> Vec<i32> {
     pids.iter()
         .copied()
-        .filter(|&p| comm(p).as_deref() == Some("keeld"))
+        .filter(|&p| comm(p).as_deref() == Some(name))
         .collect()
 }
 

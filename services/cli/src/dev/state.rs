@@ -84,6 +84,9 @@ pub struct DevNode {
     /// A join secret that differs from the cluster's (`dev add --join-secret`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join_secret: Option<String>,
+    /// The node runs its own libvirt daemons (absent in records made before they did).
+    #[serde(default)]
+    pub libvirt: bool,
 }
 
 impl DevNode {
@@ -160,6 +163,28 @@ impl DevPaths {
     /// A node's keeld log.
     pub fn log(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("keeld.log")
+    }
+
+    /// A node's libvirt directories (bound over `/etc/libvirt`, `/var/lib/libvirt`, …).
+    pub fn libvirt_dir(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("libvirt")
+    }
+
+    /// A node's libvirtd log.
+    pub fn libvirtd_log(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("libvirtd.log")
+    }
+
+    /// A node's virtlogd log.
+    pub fn virtlogd_log(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("virtlogd.log")
+    }
+
+    /// QEMU capabilities as libvirt probed them, shared by the nodes and kept by `down`:
+    /// probing takes seconds per node, and libvirt checks a cached copy itself (QEMU and
+    /// libvirt binaries, kernel) before it trusts it.
+    pub fn qemu_capabilities_cache(&self) -> PathBuf {
+        self.root.join("cache").join("qemu-capabilities")
     }
 
     /// The cluster CA as keeld writes it on a node.
@@ -302,6 +327,7 @@ mod tests {
                     veth: Some("kvab12n1".into()),
                     mount_ns: Some("/s/ns/node1.mnt".into()),
                     join_secret: None,
+                    libvirt: true,
                 },
                 DevNode {
                     name: "intruder".into(),
@@ -311,6 +337,7 @@ mod tests {
                     veth: None,
                     mount_ns: None,
                     join_secret: Some("wrong".into()),
+                    libvirt: false,
                 },
             ],
         }
@@ -333,6 +360,19 @@ mod tests {
         remove(&paths).unwrap();
         remove(&paths).unwrap();
         assert!(load(&paths).unwrap().is_none());
+    }
+
+    #[test]
+    fn records_from_before_libvirt_load_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = DevPaths::new(dir.path());
+        let mut v = serde_json::to_value(sample()).unwrap();
+        for n in v["nodes"].as_array_mut().unwrap() {
+            n.as_object_mut().unwrap().remove("libvirt");
+        }
+        std::fs::write(paths.dev_json(), v.to_string()).unwrap();
+        let loaded = load(&paths).unwrap().unwrap();
+        assert!(loaded.nodes.iter().all(|n| !n.libvirt));
     }
 
     #[test]
@@ -359,6 +399,11 @@ mod tests {
         );
         assert_eq!(p.answer("node2"), PathBuf::from("/s/node2/answer.toml"));
         assert_eq!(p.log("node2"), PathBuf::from("/s/node2/keeld.log"));
+        assert_eq!(p.libvirt_dir("node2"), PathBuf::from("/s/node2/libvirt"));
+        assert_eq!(
+            p.libvirtd_log("node2"),
+            PathBuf::from("/s/node2/libvirtd.log")
+        );
         assert!(!format!("{s:?}").contains("0123456789abcdef"));
     }
 }
