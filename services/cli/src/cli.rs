@@ -212,9 +212,11 @@ pub enum DevCommand {
     /// cluster to form and every libvirt to answer, and prints one JSON object (endpoint,
     /// nodes, credentials, CA) on stdout.
     Up(DevUpArgs),
-    /// Removes everything `up` made: processes, namespaces, links, the forwarder.
+    /// Removes everything `up` made: processes (keeld, libvirt daemons, guests), namespaces
+    /// and their mounts, links, the forwarder.
     Down,
-    /// Stops a node's keeld (SIGTERM); `--kill` kills every process of the node at once.
+    /// Stops a node's keeld (SIGTERM; its libvirt and guests keep running); `--kill` kills
+    /// every process of the node at once, libvirt daemons and guests included.
     Stop {
         /// Node name.
         node: String,

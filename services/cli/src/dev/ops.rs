@@ -794,7 +794,7 @@ pub fn down(state_dir: &Path) -> anyhow::Result<()> {
     require_root()?;
     teardown(&paths, &mut st)?;
     eprintln!(
-        "removed the dev cluster of {}; the logs stay in its node directories",
+        "removed the dev cluster of {}; the logs stay in its node directories, and QEMU's probed capabilities in cache/",
         paths.root().display()
     );
     Ok(())
