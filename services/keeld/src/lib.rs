@@ -28,6 +28,7 @@ pub mod member;
 pub mod peer;
 pub mod pki;
 pub mod rpc;
+pub mod scheduler;
 pub mod tls;
 
 /// HTTPS API port.
