@@ -6,8 +6,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use keel_model::{Cidr, Name, SettingKey};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use keel_model::{Bytes, Cidr, GroupStrength, ImageFormat, Name, OsType, SettingKey};
+use serde::de::DeserializeOwned;
 
 /// The default API endpoint when neither `--endpoint`, `KEEL_ENDPOINT` nor a saved login names one.
 pub const DEFAULT_ENDPOINT: &str = "https://127.0.0.1:8443";
@@ -44,6 +46,12 @@ pub enum Command {
     /// Cluster-wide settings.
     #[command(subcommand)]
     Setting(SettingCommand),
+    /// The image library: disk and ISO images VMs boot from.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Virtual machines and VM groups.
+    #[command(subcommand)]
+    Vm(VmCommand),
     /// Streams changes as they happen, one JSON object per line.
     Events(EventsArgs),
     /// Prints the API's OpenAPI document.
@@ -112,6 +120,218 @@ pub enum NodeCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Marks a node unschedulable: no new VMs are placed on it (running ones stay).
+    Cordon {
+        /// Node name.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Lets the scheduler place new VMs on a node again.
+    Uncordon {
+        /// Node name.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+}
+
+/// `--wait` and how long to wait, shared by the commands whose work is asynchronous.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WaitArgs {
+    /// Wait until the work is done; exit non-zero if it fails or times out.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds to wait with `--wait`.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub timeout: u64,
+}
+
+/// `keel image …`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Creates an image from a local file and uploads it (chunked, resumable, checksum
+    /// verified by the server).
+    Import(ImageImportArgs),
+    /// Uploads PATH into an existing image whose source is `upload`, resuming where the
+    /// server left off.
+    Upload {
+        /// The image.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+        /// The file to upload.
+        path: PathBuf,
+        /// Waiting.
+        #[command(flatten)]
+        wait: WaitArgs,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Every image with its phase, format, size and node.
+    List(OutputArg),
+    /// One image in detail.
+    Show {
+        /// Image name.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Deletes an image (refused while a VM uses it).
+    Delete {
+        /// Image name.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+    },
+}
+
+/// `keel image import PATH --name NAME …`.
+#[derive(Debug, Args)]
+pub struct ImageImportArgs {
+    /// The local file (qcow2, raw, ISO, vmdk or vhdx).
+    pub path: PathBuf,
+    /// The image's name.
+    #[arg(long, value_parser = parse_name)]
+    pub name: Name,
+    /// The file's format [default: detected by the server].
+    #[arg(long, value_parser = wire_enum::<ImageFormat>(&["raw", "qcow2", "iso", "vmdk", "vhdx"]))]
+    pub format: Option<ImageFormat>,
+    /// The guest OS family [default: other].
+    #[arg(long, value_parser = wire_enum::<OsType>(&["linux", "windows", "other"]))]
+    pub os_type: Option<OsType>,
+    /// Waiting.
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Output format.
+    #[command(flatten)]
+    pub out: OutputArg,
+}
+
+/// `keel vm …`.
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Creates a VM with one disk `root` made from an image; it starts unless `--stopped`.
+    Create(VmCreateArgs),
+    /// Every VM with its phase, node, size and addresses.
+    List(OutputArg),
+    /// One VM in detail (`-o json`: the VM as the API returns it).
+    Show {
+        /// VM name.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Starts a VM (`--wait`: until it runs).
+    Start(VmPowerArgs),
+    /// Shuts a VM down, gracefully and then by force (`--wait`: until it is stopped).
+    Stop(VmPowerArgs),
+    /// Reboots a VM (`--wait`: until its node has rebooted it and it runs).
+    Reboot(VmPowerArgs),
+    /// Deletes a VM and the disks made for it (`--wait`: until it is gone).
+    Delete {
+        /// VM name.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+        /// Waiting.
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// VM groups: affinity and anti-affinity rules.
+    #[command(subcommand)]
+    Group(VmGroupCommand),
+}
+
+/// `keel vm create NAME --image IMG --cpus N --memory SIZE …`.
+#[derive(Debug, Args)]
+pub struct VmCreateArgs {
+    /// The VM's name.
+    #[arg(value_parser = parse_name)]
+    pub name: Name,
+    /// The image the root disk is made from.
+    #[arg(long, value_parser = parse_name)]
+    pub image: Name,
+    /// Virtual CPUs.
+    #[arg(long)]
+    pub cpus: u32,
+    /// Memory: 256MiB, 2GiB, 1G (powers of 1024).
+    #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
+    pub memory: Bytes,
+    /// Size of the root disk [default: the image's virtual size].
+    #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
+    pub disk: Option<Bytes>,
+    /// Run the VM on this node only.
+    #[arg(long, value_parser = parse_name)]
+    pub node: Option<Name>,
+    /// The VM group whose placement rule applies.
+    #[arg(long, value_parser = parse_name)]
+    pub group: Option<Name>,
+    /// Add a NIC `net0` on this network (for now: the node bridge's name).
+    #[arg(long, value_name = "NET")]
+    pub network: Option<String>,
+    /// Create the VM without starting it.
+    #[arg(long)]
+    pub stopped: bool,
+    /// Waiting.
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Output format.
+    #[command(flatten)]
+    pub out: OutputArg,
+}
+
+/// `keel vm start|stop|reboot NAME [--wait]`.
+#[derive(Debug, Args)]
+pub struct VmPowerArgs {
+    /// VM name.
+    #[arg(value_parser = parse_name)]
+    pub name: Name,
+    /// Waiting.
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Output format.
+    #[command(flatten)]
+    pub out: OutputArg,
+}
+
+/// `keel vm group …`.
+#[derive(Debug, Subcommand)]
+pub enum VmGroupCommand {
+    /// Creates a group with an affinity or anti-affinity rule.
+    Create(VmGroupCreateArgs),
+    /// Every group with its rule and members.
+    List(OutputArg),
+    /// Deletes a group.
+    Delete {
+        /// Group name.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+    },
+}
+
+/// `keel vm group create GROUP --anti-affinity hard|soft` (or `--affinity hard|soft`).
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("rule").required(true).args(["affinity", "anti_affinity"])))]
+pub struct VmGroupCreateArgs {
+    /// Group name.
+    #[arg(value_parser = parse_name)]
+    pub name: Name,
+    /// Keep the members on one node: hard (never break the rule) or soft (a preference).
+    #[arg(long, value_name = "STRENGTH", value_parser = wire_enum::<GroupStrength>(&["hard", "soft"]))]
+    pub affinity: Option<GroupStrength>,
+    /// Keep the members on different nodes: hard (refuse a VM that cannot be) or soft.
+    #[arg(long, value_name = "STRENGTH", value_parser = wire_enum::<GroupStrength>(&["hard", "soft"]))]
+    pub anti_affinity: Option<GroupStrength>,
+    /// Output format.
+    #[command(flatten)]
+    pub out: OutputArg,
 }
 
 /// `keel setting …`.
@@ -330,6 +550,22 @@ fn parse_cidr(s: &str) -> Result<Cidr, String> {
     s.parse::<Cidr>().map_err(|e| e.message)
 }
 
+/// A size the model's way (`256MiB`, `2G`); "lots" is refused with the accepted forms.
+fn parse_bytes(s: &str) -> Result<Bytes, String> {
+    s.parse::<Bytes>().map_err(|e| e.message)
+}
+
+/// A parser of a model enum that offers `values` (its wire spellings) and decodes the chosen
+/// one with serde, so the CLI spells it exactly as the API does.
+fn wire_enum<T>(values: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(values).try_map(|s: String| {
+        serde_json::from_value::<T>(serde_json::Value::String(s)).map_err(|e| e.to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -374,6 +610,11 @@ mod tests {
             &["setting", "list", "--output", "json"],
             &["setting", "get", "a.b", "-o", "json"],
             &["bench", "api", "-o", "json"],
+            &["image", "list", "-o", "json"],
+            &["image", "show", "debian", "-o", "json"],
+            &["vm", "list", "-o", "json"],
+            &["vm", "show", "web", "-o", "json"],
+            &["vm", "group", "list", "-o", "json"],
         ] {
             let cli = parse(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
             let out = match cli.command {
@@ -383,6 +624,11 @@ mod tests {
                 Command::Setting(SettingCommand::List(o)) => o,
                 Command::Setting(SettingCommand::Get { out, .. }) => out,
                 Command::Bench(BenchCommand::Api(a)) => a.out,
+                Command::Image(ImageCommand::List(o))
+                | Command::Vm(VmCommand::List(o))
+                | Command::Vm(VmCommand::Group(VmGroupCommand::List(o))) => o,
+                Command::Image(ImageCommand::Show { out, .. })
+                | Command::Vm(VmCommand::Show { out, .. }) => out,
                 other => panic!("{other:?}"),
             };
             assert_eq!(out.output, OutputFormat::Json, "{args:?}");
@@ -500,6 +746,200 @@ mod tests {
         assert_eq!(join_secret.as_deref(), Some("s3cr3t"));
         assert!(wait);
         assert!(parse(&["dev", "up", "--nodes", "0"]).is_err());
+    }
+
+    #[test]
+    fn image_forms() {
+        let cli = parse(&[
+            "image",
+            "import",
+            "/tmp/d.qcow2",
+            "--name",
+            "debian",
+            "--wait",
+        ])
+        .unwrap();
+        let Command::Image(ImageCommand::Import(a)) = cli.command else {
+            panic!("not import")
+        };
+        assert_eq!(a.path, PathBuf::from("/tmp/d.qcow2"));
+        assert_eq!(a.name.as_str(), "debian");
+        assert_eq!((a.format, a.os_type), (None, None));
+        assert!(a.wait.wait);
+        assert_eq!(a.wait.timeout, 300);
+        assert_eq!(a.out.output, OutputFormat::Table);
+
+        for (text, format) in [
+            ("raw", ImageFormat::Raw),
+            ("qcow2", ImageFormat::Qcow2),
+            ("iso", ImageFormat::Iso),
+            ("vmdk", ImageFormat::Vmdk),
+            ("vhdx", ImageFormat::Vhdx),
+        ] {
+            let cli = parse(&["image", "import", "f", "--name", "x", "--format", text]).unwrap();
+            let Command::Image(ImageCommand::Import(a)) = cli.command else {
+                panic!("not import")
+            };
+            assert_eq!(a.format, Some(format));
+        }
+        for (text, os) in [
+            ("linux", OsType::Linux),
+            ("windows", OsType::Windows),
+            ("other", OsType::Other),
+        ] {
+            let cli = parse(&["image", "import", "f", "--name", "x", "--os-type", text]).unwrap();
+            let Command::Image(ImageCommand::Import(a)) = cli.command else {
+                panic!("not import")
+            };
+            assert_eq!(a.os_type, Some(os));
+        }
+        let err = parse(&["image", "import", "f", "--name", "x", "--format", "vdi"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[possible values: raw, qcow2, iso, vmdk, vhdx]"),
+            "{err}"
+        );
+        assert!(
+            parse(&["image", "import", "f"]).is_err(),
+            "--name is required"
+        );
+
+        let cli = parse(&["image", "upload", "debian", "/tmp/d.qcow2"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Image(ImageCommand::Upload { ref name, ref path, wait, .. })
+                if name.as_str() == "debian" && path == &PathBuf::from("/tmp/d.qcow2") && !wait.wait
+        ));
+        let cli = parse(&["image", "delete", "debian"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Image(ImageCommand::Delete { ref name }) if name.as_str() == "debian"
+        ));
+        assert!(parse(&["image", "show", "Debian"]).is_err());
+    }
+
+    #[test]
+    fn vm_forms() {
+        let cli = parse(&[
+            "vm", "create", "web", "--image", "debian", "--cpus", "2", "--memory", "256MiB",
+            "--disk", "2GiB", "--node", "node2", "--group", "front", "--wait",
+        ])
+        .unwrap();
+        let Command::Vm(VmCommand::Create(a)) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(a.name.as_str(), "web");
+        assert_eq!(a.image.as_str(), "debian");
+        assert_eq!(a.cpus, 2);
+        assert_eq!(a.memory, Bytes::from_mib(256));
+        assert_eq!(a.disk, Some(Bytes::from_gib(2)));
+        assert_eq!(a.node.as_ref().map(Name::as_str), Some("node2"));
+        assert_eq!(a.group.as_ref().map(Name::as_str), Some("front"));
+        assert_eq!(a.network, None);
+        assert!(a.wait.wait && !a.stopped);
+
+        let cli = parse(&[
+            "vm",
+            "create",
+            "web",
+            "--image",
+            "debian",
+            "--cpus",
+            "1",
+            "--memory",
+            "1G",
+            "--stopped",
+            "--network",
+            "br0",
+        ])
+        .unwrap();
+        let Command::Vm(VmCommand::Create(a)) = cli.command else {
+            panic!("not create")
+        };
+        assert!(a.stopped && !a.wait.wait);
+        assert_eq!((a.disk, a.node, a.group), (None, None, None));
+        assert_eq!(a.network.as_deref(), Some("br0"));
+
+        let err = parse(&[
+            "vm", "create", "web", "--image", "d", "--cpus", "1", "--memory", "lots",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("\"lots\" is not a size"), "{err}");
+
+        let cli = parse(&["vm", "show", "web", "-o", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Vm(VmCommand::Show { ref name, out: OutputArg { output: OutputFormat::Json } })
+                if name.as_str() == "web"
+        ));
+        for action in ["start", "stop", "reboot"] {
+            let cli = parse(&["vm", action, "web", "--wait", "--timeout", "30"]).unwrap();
+            let (Command::Vm(VmCommand::Start(a))
+            | Command::Vm(VmCommand::Stop(a))
+            | Command::Vm(VmCommand::Reboot(a))) = cli.command
+            else {
+                panic!("{action}: not a power action")
+            };
+            assert_eq!(a.name.as_str(), "web");
+            assert!(a.wait.wait);
+            assert_eq!(a.wait.timeout, 30);
+        }
+        let cli = parse(&["vm", "stop", "web"]).unwrap();
+        assert!(matches!(cli.command, Command::Vm(VmCommand::Stop(ref a)) if !a.wait.wait));
+        let cli = parse(&["vm", "delete", "web", "--wait"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Vm(VmCommand::Delete { ref name, wait }) if name.as_str() == "web" && wait.wait
+        ));
+    }
+
+    #[test]
+    fn vm_group_and_cordon_forms() {
+        for (flag, strength) in [("hard", GroupStrength::Hard), ("soft", GroupStrength::Soft)] {
+            let cli = parse(&["vm", "group", "create", "front", "--anti-affinity", flag]).unwrap();
+            let Command::Vm(VmCommand::Group(VmGroupCommand::Create(a))) = cli.command else {
+                panic!("not group create")
+            };
+            assert_eq!(a.name.as_str(), "front");
+            assert_eq!((a.anti_affinity, a.affinity), (Some(strength), None));
+            let cli = parse(&["vm", "group", "create", "db", "--affinity", flag]).unwrap();
+            let Command::Vm(VmCommand::Group(VmGroupCommand::Create(a))) = cli.command else {
+                panic!("not group create")
+            };
+            assert_eq!((a.anti_affinity, a.affinity), (None, Some(strength)));
+        }
+        assert!(parse(&["vm", "group", "create", "front"]).is_err());
+        assert!(parse(&[
+            "vm",
+            "group",
+            "create",
+            "f",
+            "--affinity",
+            "hard",
+            "--anti-affinity",
+            "hard"
+        ])
+        .is_err());
+        let cli = parse(&["vm", "group", "delete", "front"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Vm(VmCommand::Group(VmGroupCommand::Delete { ref name })) if name.as_str() == "front"
+        ));
+
+        let cli = parse(&["node", "cordon", "node2"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Node(NodeCommand::Cordon { ref name, .. }) if name.as_str() == "node2"
+        ));
+        let cli = parse(&["node", "uncordon", "node2", "-o", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Node(NodeCommand::Uncordon { ref name, out: OutputArg { output: OutputFormat::Json } })
+                if name.as_str() == "node2"
+        ));
+        assert!(parse(&["node", "cordon", "Node_2"]).is_err());
     }
 
     #[test]

@@ -308,6 +308,50 @@ impl ApiClient {
         if let Some(b) = body {
             req = req.json(b);
         }
+        self.execute(method, url, req).await
+    }
+
+    /// PUTs raw bytes (`application/octet-stream`), with `Content-Range` when given, and
+    /// decodes the JSON answer. Used for image uploads.
+    pub async fn put_octets<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_range: Option<&str>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let mut req = self
+            .http
+            .request(Method::PUT, &url)
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(range) = content_range {
+            req = req.header(reqwest::header::CONTENT_RANGE, range);
+        }
+        let resp = self.execute(Method::PUT, url.clone(), req).await?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|source| self.transport(Method::PUT, &url, source))?;
+        serde_json::from_str(&text).map_err(|source| ClientError::Decode {
+            method: Method::PUT,
+            url,
+            source,
+        })
+    }
+
+    /// Sends a built request; any non-2xx answer becomes an error.
+    async fn execute(
+        &self,
+        method: Method,
+        url: String,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
         tracing::debug!(%method, %url, "request");
         let resp = req
             .send()

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  argv ──clap──▶ cli::Cli ──▶ run()
-//!                               ├─ login/cluster/node/setting/events/openapi
+//!                               ├─ login/cluster/node/setting/image/vm/events/openapi
 //!                               │     session (endpoint, CA, token) ─▶ client::ApiClient ─HTTPS─▶ keeld
 //!                               ├─ dev …   host tools (ip, mount, unshare, nsenter) + keeld per netns
 //!                               └─ bench … client passes, and a dev cluster of its own
@@ -116,6 +116,14 @@ async fn api_command(client: &ApiClient, command: Command) -> anyhow::Result<()>
         Command::Node(NodeCommand::Show { name, out }) => {
             commands::node::show(client, &name, out.output).await
         }
+        Command::Node(NodeCommand::Cordon { name, out }) => {
+            commands::node::cordon(client, &name, true, out.output).await
+        }
+        Command::Node(NodeCommand::Uncordon { name, out }) => {
+            commands::node::cordon(client, &name, false, out.output).await
+        }
+        Command::Image(c) => commands::image::run(client, c).await,
+        Command::Vm(c) => commands::vm::run(client, c).await,
         Command::Setting(SettingCommand::List(o)) => {
             commands::setting::list(client, o.output).await
         }

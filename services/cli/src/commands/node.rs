@@ -1,6 +1,7 @@
-//! `keel node list` and `keel node show`.
+//! `keel node list|show|cordon|uncordon`.
 
 use keel_model::{Name, Node};
+use reqwest::Method;
 
 use super::{wire_name, Items};
 use crate::cli::OutputFormat;
@@ -19,6 +20,34 @@ pub async fn show(client: &ApiClient, name: &Name, format: OutputFormat) -> anyh
     let node: Node = client.get(&format!("/api/v1/nodes/{name}")).await?;
     let now = time::OffsetDateTime::now_utc();
     output::print(format, &node, |n| render_show(n, now))
+}
+
+/// `keel node cordon NAME` (`cordon = true`) and `keel node uncordon NAME`.
+pub async fn cordon(
+    client: &ApiClient,
+    name: &Name,
+    cordon: bool,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let node: Node = client
+        .request::<Node, ()>(Method::POST, &cordon_path(name, cordon), None)
+        .await?;
+    eprintln!(
+        "node {name} {}",
+        if cordon {
+            "cordoned: no new VMs are placed on it"
+        } else {
+            "uncordoned: it takes new VMs again"
+        }
+    );
+    let now = time::OffsetDateTime::now_utc();
+    output::print(format, &node, |n| render_list(std::slice::from_ref(n), now))
+}
+
+/// The path of a cordon or uncordon request.
+pub fn cordon_path(name: &Name, cordon: bool) -> String {
+    let action = if cordon { "cordon" } else { "uncordon" };
+    format!("/api/v1/nodes/{name}/{action}")
 }
 
 /// The node table.
@@ -165,6 +194,13 @@ mod tests {
                 versions: Default::default(),
             },
         }
+    }
+
+    #[test]
+    fn cordon_paths() {
+        let n = Name::new("node2").unwrap();
+        assert_eq!(cordon_path(&n, true), "/api/v1/nodes/node2/cordon");
+        assert_eq!(cordon_path(&n, false), "/api/v1/nodes/node2/uncordon");
     }
 
     #[test]
