@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
-use super::{get_both, or_dash, wire_name, Items};
+use super::{or_dash, wire_name, Items};
 use crate::cli::{ImageCommand, ImageImportArgs, OutputFormat, WaitArgs};
 use crate::client::{ApiClient, ClientError};
 use crate::output::{self, Table};
@@ -669,7 +669,7 @@ async fn finish(
     let path = format!("/api/v1/images/{name}");
     let deadline = Instant::now() + Duration::from_secs(wait.timeout);
     loop {
-        let (raw, image): (serde_json::Value, Image) = get_both(client, &path).await?;
+        let image: Image = client.get(&path).await?;
         let phase = image.status.phase;
         let done = match phase {
             ImagePhase::Ready => true,
@@ -677,7 +677,7 @@ async fn finish(
             ImagePhase::Pending | ImagePhase::Importing => !wait.wait,
         };
         if done {
-            return output::print(format, &raw, |_| render_list(std::slice::from_ref(&image)));
+            return output::print(format, &image, |i| render_list(std::slice::from_ref(i)));
         }
         if Instant::now() >= deadline {
             bail!(
@@ -701,16 +701,14 @@ fn message_suffix(message: &str) -> String {
 
 /// `keel image list`.
 pub async fn list(client: &ApiClient, format: OutputFormat) -> anyhow::Result<()> {
-    let (raw, images): (serde_json::Value, Items<Image>) =
-        get_both(client, "/api/v1/images").await?;
-    output::print(format, &raw, |_| render_list(&images.items))
+    let images: Items<Image> = client.get("/api/v1/images").await?;
+    output::print(format, &images, |i| render_list(&i.items))
 }
 
 /// `keel image show NAME`.
 pub async fn show(client: &ApiClient, name: &Name, format: OutputFormat) -> anyhow::Result<()> {
-    let (raw, image): (serde_json::Value, Image) =
-        get_both(client, &format!("/api/v1/images/{name}")).await?;
-    output::print(format, &raw, |_| render_show(&image))
+    let image: Image = client.get(&format!("/api/v1/images/{name}")).await?;
+    output::print(format, &image, render_show)
 }
 
 /// `keel image delete NAME`.

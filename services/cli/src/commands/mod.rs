@@ -8,7 +8,6 @@ pub mod node;
 pub mod setting;
 pub mod vm;
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::client::ApiClient;
@@ -28,17 +27,6 @@ pub fn wire_name<T: Serialize>(value: &T) -> String {
         Ok(other) => other.to_string(),
         Err(_) => "?".into(),
     }
-}
-
-/// GETs `path` as the API's JSON (printed as is with `-o json`) and as `T` (for tables).
-pub async fn get_both<T: DeserializeOwned>(
-    client: &ApiClient,
-    path: &str,
-) -> anyhow::Result<(serde_json::Value, T)> {
-    let raw: serde_json::Value = client.get(path).await?;
-    let typed = T::deserialize(&raw)
-        .map_err(|e| anyhow::anyhow!("GET {path}: the answer does not parse: {e}"))?;
-    Ok((raw, typed))
 }
 
 /// A table cell for an optional value: the value, or `-`.

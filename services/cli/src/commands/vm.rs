@@ -18,7 +18,7 @@ use keel_model::{
 };
 use reqwest::{Method, StatusCode};
 
-use super::{get_both, or_dash, wire_name, Items};
+use super::{or_dash, wire_name, Items};
 use crate::cli::{
     OutputFormat, VmCommand, VmCreateArgs, VmGroupCommand, VmGroupCreateArgs, VmPowerArgs, WaitArgs,
 };
@@ -314,9 +314,9 @@ async fn finish(
     let deadline = Instant::now() + Duration::from_secs(wait.timeout);
     let mut last: Option<(VmPhase, Option<String>)> = None;
     loop {
-        let (raw, vm): (serde_json::Value, Vm) = get_both(client, &path).await?;
+        let vm: Vm = client.get(&path).await?;
         if !wait.wait {
-            return output::print(format, &raw, |_| render_list(std::slice::from_ref(&vm)));
+            return output::print(format, &vm, |v| render_list(std::slice::from_ref(v)));
         }
         let now = (vm.status.phase, vm.status.node.clone());
         if last.as_ref() != Some(&now) {
@@ -329,7 +329,7 @@ async fn finish(
         }
         match judge(&vm, want) {
             Seen::Done => {
-                return output::print(format, &raw, |_| render_list(std::slice::from_ref(&vm)))
+                return output::print(format, &vm, |v| render_list(std::slice::from_ref(v)))
             }
             Seen::Failed(why) => bail!(why),
             Seen::Waiting => {}
@@ -349,15 +349,15 @@ async fn finish(
 
 /// `keel vm list`.
 pub async fn list(client: &ApiClient, format: OutputFormat) -> anyhow::Result<()> {
-    let (raw, vms): (serde_json::Value, Items<Vm>) = get_both(client, "/api/v1/vms").await?;
-    output::print(format, &raw, |_| render_list(&vms.items))
+    let vms: Items<Vm> = client.get("/api/v1/vms").await?;
+    output::print(format, &vms, |v| render_list(&v.items))
 }
 
-/// `keel vm show NAME`: `-o json` prints the VM exactly as the API returned it.
+/// `keel vm show NAME`: `-o json` prints the VM as the API returned it
+/// (`{metadata, spec, status}`).
 pub async fn show(client: &ApiClient, name: &Name, format: OutputFormat) -> anyhow::Result<()> {
-    let (raw, vm): (serde_json::Value, Vm) =
-        get_both(client, &format!("/api/v1/vms/{name}")).await?;
-    output::print(format, &raw, |_| render_show(&vm))
+    let vm: Vm = client.get(&format!("/api/v1/vms/{name}")).await?;
+    output::print(format, &vm, render_show)
 }
 
 fn phase_cell(vm: &Vm) -> String {
@@ -467,21 +467,18 @@ pub async fn group_create(client: &ApiClient, args: &VmGroupCreateArgs) -> anyho
         metadata: NewMetadata::named(args.name.clone()),
         spec: group_spec(args)?,
     };
-    let raw: serde_json::Value = client
+    let group: VmGroup = client
         .request(Method::POST, "/api/v1/vm-groups", Some(&body))
         .await?;
-    let group: VmGroup = serde_json::from_value(raw.clone())
-        .map_err(|e| anyhow::anyhow!("POST /api/v1/vm-groups: the answer does not parse: {e}"))?;
-    output::print(args.out.output, &raw, |_| {
-        render_groups(std::slice::from_ref(&group))
+    output::print(args.out.output, &group, |g| {
+        render_groups(std::slice::from_ref(g))
     })
 }
 
 /// `keel vm group list`.
 pub async fn group_list(client: &ApiClient, format: OutputFormat) -> anyhow::Result<()> {
-    let (raw, groups): (serde_json::Value, Items<VmGroup>) =
-        get_both(client, "/api/v1/vm-groups").await?;
-    output::print(format, &raw, |_| render_groups(&groups.items))
+    let groups: Items<VmGroup> = client.get("/api/v1/vm-groups").await?;
+    output::print(format, &groups, |g| render_groups(&g.items))
 }
 
 /// `keel vm group delete GROUP`.
