@@ -211,7 +211,10 @@ async fn malformed_requests_get_clear_4xx_errors() -> Result<()> {
             std::time::Duration::from_secs(10),
         )
         .await?;
-    assert!(seen.replace("event: ", "event:").contains("event:change"), "{seen}");
+    assert!(
+        seen.replace("event: ", "event:").contains("event:change"),
+        "{seen}"
+    );
     assert!(seen.contains("\"op\":\"create\""), "{seen}");
 
     // The OpenAPI document is served.

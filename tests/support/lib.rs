@@ -302,6 +302,29 @@ impl Api {
         bail!("{needle:?} did not appear in the event stream within {deadline:?}: {text}")
     }
 
+    /// PUTs raw bytes (an image chunk) with an optional Content-Range.
+    pub async fn octets(&self, path: &str, body: Vec<u8>, range: Option<String>) -> Result<Answer> {
+        let mut req = self
+            .http
+            .put(format!("{}{}", self.base, path))
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(r) = range {
+            req = req.header("content-range", r);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok(Answer {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            retry_after: None,
+        })
+    }
+
     /// PUT a setting; returns the answer.
     pub async fn put_setting(&self, key: &str, value: Value) -> Result<Answer> {
         self.call(

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::StreamExt;
 use keel_model::{
-    ClusterStatus, ErrorBody, Health, JoinRequest, JoinResponse, LoginRequest, LoginResponse, Node,
-    RemoveNodeRequest, Setting, SettingKey, SettingValue, ValidationError, WatchEvent, WatchOp,
+    ClusterStatus, ErrorBody, Health, Image, ImageCreate, JoinRequest, JoinResponse, LoginRequest,
+    LoginResponse, Node, RemoveNodeRequest, Setting, SettingKey, SettingValue, ValidationError,
+    WatchEvent, WatchOp,
 };
 use keel_store::{ChangeOp, Record, Request, Response};
 use serde::de::DeserializeOwned;
@@ -23,11 +24,14 @@ use warp::{Filter, Rejection, Reply};
 use crate::auth::{self, Claims, UserRecord};
 use crate::daemon::Daemon;
 use crate::error::ApiError;
+use crate::images;
 use crate::member::{decode, kinds, node_of, Member};
 use crate::tls::ConnInfo;
 
 /// Largest request body the API accepts.
 pub const MAX_BODY: u64 = 1024 * 1024;
+/// Largest image upload chunk.
+pub const MAX_CHUNK: u64 = 64 * 1024 * 1024;
 
 type Ctx = Arc<Daemon>;
 type ApiResult = Result<HttpResponse, ApiError>;
@@ -60,9 +64,10 @@ pub struct DeleteQuery {
     info(title = "Keel API", description = "Keel's REST API. Generated from the Rust types; do not edit."),
     paths(
         health, login, cluster_status, cluster_join, cluster_remove, list_nodes, get_node, list_settings,
-        get_setting, put_setting, delete_setting, events
+        get_setting, put_setting, delete_setting, events, create_image, list_images, get_image, delete_image,
+        image_progress, upload_image
     ),
-    components(schemas(ErrorBody, List<Node>, List<Setting>)),
+    components(schemas(ErrorBody, List<Node>, List<Setting>, List<Image>)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -538,6 +543,98 @@ async fn events(q: EventsQuery, ctx: Ctx, authz: Option<String>) -> ApiResult {
     .into_response())
 }
 
+fn host(ctx: &Ctx) -> Result<Arc<crate::host::Host>, ApiError> {
+    ctx.host.get().cloned().ok_or_else(|| {
+        ApiError::NotReady("this node is not a cluster member yet; retry shortly".into())
+    })
+}
+
+/// Creates an image; upload its bytes to `/api/v1/images/{name}/content`.
+#[utoipa::path(post, path = "/api/v1/images", security(("bearer" = [])), request_body = ImageCreate,
+    responses((status = 201, body = Image), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_image(ctx: Ctx, authz: Option<String>, body: Bytes) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    let req: ImageCreate = parse(&body)?;
+    let image = images::create(&m, req).await?;
+    Ok(warp::reply::with_status(warp::reply::json(&image), StatusCode::CREATED).into_response())
+}
+
+/// Every image.
+#[utoipa::path(get, path = "/api/v1/images", security(("bearer" = [])),
+    responses((status = 200, body = List<Image>), (status = 401, body = ErrorBody)))]
+async fn list_images(ctx: Ctx, authz: Option<String>) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    m.linearizable().await?;
+    let items = m
+        .list(images::KIND)?
+        .iter()
+        .map(images::image_of)
+        .collect::<Result<Vec<_>, _>>()?;
+    ok(&List { items })
+}
+
+fn image_rec(m: &Member, name: &str) -> Result<Record, ApiError> {
+    m.get(images::KIND, name)?
+        .ok_or_else(|| ApiError::NotFound(format!("image {name} does not exist")))
+}
+
+/// One image.
+#[utoipa::path(get, path = "/api/v1/images/{name}", security(("bearer" = [])), params(("name" = String, Path)),
+    responses((status = 200, body = Image), (status = 404, body = ErrorBody)))]
+async fn get_image(name: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    m.linearizable().await?;
+    ok(&images::image_of(&image_rec(&m, &name)?)?)
+}
+
+/// Deletes an image.
+#[utoipa::path(delete, path = "/api/v1/images/{name}", security(("bearer" = [])), params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_image(name: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    m.write_ok(Request::Delete {
+        kind: images::KIND.into(),
+        name: name.clone(),
+        expected_version: None,
+    })
+    .await?;
+    if let Ok(h) = host(&ctx) {
+        let _ = std::fs::remove_file(h.pool.image(&name));
+        let _ = std::fs::remove_file(h.pool.upload(&name));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Upload progress of an image on this node (resume from `received`).
+#[utoipa::path(get, path = "/api/v1/images/{name}/content", security(("bearer" = [])), params(("name" = String, Path)),
+    responses((status = 200, body = images::UploadProgress), (status = 404, body = ErrorBody)))]
+async fn image_progress(name: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    let h = host(&ctx)?;
+    m.linearizable().await?;
+    ok(&images::progress(
+        &h,
+        &images::image_of(&image_rec(&m, &name)?)?,
+    ))
+}
+
+/// Uploads (a chunk of) an image's bytes; `Content-Range: bytes START-END/TOTAL` for chunks.
+#[utoipa::path(put, path = "/api/v1/images/{name}/content", security(("bearer" = [])), params(("name" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = images::UploadProgress), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn upload_image(
+    name: String,
+    ctx: Ctx,
+    authz: Option<String>,
+    range: Option<String>,
+    body: Bytes,
+) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    let h = host(&ctx)?;
+    ok(&images::receive(&m, &h, &name, range, body).await?)
+}
+
 fn with_ctx(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
     warp::any().map(move || ctx.clone())
 }
@@ -693,6 +790,69 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .then(events)
         .map(reply)
         .boxed();
+    let images_post = v1
+        .and(warp::path!("images"))
+        .and(warp::post())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .and(body())
+        .then(create_image)
+        .map(reply)
+        .boxed();
+    let images_get = v1
+        .and(warp::path!("images"))
+        .and(warp::get())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .then(list_images)
+        .map(reply)
+        .boxed();
+    let image_get = v1
+        .and(warp::path!("images" / String))
+        .and(warp::get())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .then(get_image)
+        .map(reply)
+        .boxed();
+    let image_delete = v1
+        .and(warp::path!("images" / String))
+        .and(warp::delete())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .then(delete_image)
+        .map(reply)
+        .boxed();
+    let image_progress_r = v1
+        .and(warp::path!("images" / String / "content"))
+        .and(warp::get())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .then(image_progress)
+        .map(reply)
+        .boxed();
+    let image_upload = v1
+        .and(warp::path!("images" / String / "content"))
+        .and(warp::put())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .and(warp::header::optional::<String>("content-range"))
+        .and(warp::body::content_length_limit(MAX_CHUNK).and(warp::body::bytes()))
+        .then(upload_image)
+        .map(reply)
+        .boxed();
+    let images_r = images_post
+        .or(images_get)
+        .unify()
+        .or(image_get)
+        .unify()
+        .or(image_delete)
+        .unify()
+        .or(image_progress_r)
+        .unify()
+        .or(image_upload)
+        .unify()
+        .boxed();
     let openapi_r = v1
         .and(warp::path!("openapi.json"))
         .and(warp::get())
@@ -722,6 +882,8 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .or(events_r)
         .unify()
         .or(openapi_r)
+        .unify()
+        .or(images_r)
         .unify()
         .recover(recover)
         .unify()

@@ -54,6 +54,9 @@ pub struct Args {
     /// Multicast group and port for discovery beacons.
     #[arg(long, default_value_t = crate::discovery::DEFAULT_GROUP)]
     pub discovery_group: SocketAddrV4,
+    /// libvirt connection URI of this node's hypervisor.
+    #[arg(long, default_value = "qemu:///system")]
+    pub libvirt_uri: String,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
@@ -79,6 +82,8 @@ pub struct Daemon {
     pub phase: RwLock<PhaseInfo>,
     /// Set once the node is a member.
     pub member: OnceLock<Arc<Member>>,
+    /// The node's pool and hypervisor, set once the node is a member.
+    pub host: OnceLock<Arc<crate::host::Host>>,
     /// Failed-login limiter.
     pub limiter: LoginLimiter,
     /// Bounds concurrent password hashing (memory-hard by design).
@@ -150,6 +155,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             reason: "starting".into(),
         }),
         member: OnceLock::new(),
+        host: OnceLock::new(),
         limiter: LoginLimiter::new(5, Duration::from_secs(60)),
         hash_slots: tokio::sync::Semaphore::new(1),
         cert_slot: cert_slot.clone(),
@@ -367,6 +373,10 @@ async fn become_member(
         api: format!("https://{}:{}", identity.address, args.api_listen.port()),
     };
     let member = Arc::new(Member::new(store.clone(), peers, identity.clone()));
+    let host =
+        Arc::new(crate::host::Host::open(&args.state_dir).context("opening the local pool")?);
+    tokio::spawn(host.clone().connect(args.libvirt_uri.clone()));
+    let _ = daemon.host.set(host.clone());
     let peer_listener = TcpListener::bind(args.peer_listen)
         .await
         .with_context(|| format!("binding the peer port {}", args.peer_listen))?;
@@ -374,7 +384,7 @@ async fn become_member(
     tokio::spawn(tls::serve(
         peer_listener,
         peer_cfg,
-        rpc::routes(member.clone()),
+        rpc::routes(member.clone(), host),
         daemon.shutdown.clone(),
     ));
     daemon.cert_slot.set(&tls_files.cert, &tls_files.key)?;

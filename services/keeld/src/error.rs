@@ -45,6 +45,9 @@ pub enum ApiError {
     /// The history asked for is gone.
     #[error("{0}")]
     Gone(String),
+    /// Uploaded bytes do not match the declared checksum.
+    #[error("{0}")]
+    Checksum(String),
     /// The body is too large.
     #[error("the request body is larger than {0} bytes")]
     TooLarge(u64),
@@ -96,6 +99,7 @@ impl ApiError {
             ),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code, None, None),
             ApiError::Gone(_) => (StatusCode::GONE, "compacted", None, None),
+            ApiError::Checksum(_) => (StatusCode::BAD_REQUEST, "checksum_mismatch", None, None),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", None, None),
             ApiError::RateLimited(d) => (
                 StatusCode::TOO_MANY_REQUESTS,

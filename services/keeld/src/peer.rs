@@ -80,6 +80,15 @@ pub enum PeerError {
         #[source]
         source: reqwest::Error,
     },
+    /// Writing what a peer sent failed.
+    #[error("storing what peer {peer} sent")]
+    Io {
+        /// Address.
+        peer: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Answered with something that is not the expected JSON.
     #[error("peer {peer} answered {status}")]
     BadAnswer {
@@ -141,6 +150,48 @@ impl PeerClient {
                 peer: peer.to_string(),
                 source,
             })
+    }
+
+    /// Streams `https://{peer}{path}` into the file `dest`.
+    pub async fn download(
+        &self,
+        peer: &str,
+        path: &str,
+        dest: &std::path::Path,
+    ) -> Result<u64, PeerError> {
+        use tokio::io::AsyncWriteExt;
+        let url = format!("https://{peer}{path}");
+        let unreachable = |source| PeerError::Unreachable {
+            peer: peer.to_string(),
+            source,
+        };
+        let mut resp = self.http.get(&url).send().await.map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(PeerError::BadAnswer {
+                peer: peer.to_string(),
+                status,
+            });
+        }
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| PeerError::Io {
+                peer: peer.to_string(),
+                source: e,
+            })?;
+        let mut n = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+            file.write_all(&chunk).await.map_err(|e| PeerError::Io {
+                peer: peer.to_string(),
+                source: e,
+            })?;
+            n += chunk.len() as u64;
+        }
+        file.sync_all().await.map_err(|e| PeerError::Io {
+            peer: peer.to_string(),
+            source: e,
+        })?;
+        Ok(n)
     }
 
     /// Forwards a write to the leader.
@@ -244,7 +295,9 @@ impl PeerLink {
             Err(e @ PeerError::Unreachable { .. }) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
-            Err(e @ PeerError::BadAnswer { .. }) => Err(RPCError::Network(NetworkError::new(&e))),
+            Err(e @ (PeerError::BadAnswer { .. } | PeerError::Io { .. })) => {
+                Err(RPCError::Network(NetworkError::new(&e)))
+            }
         }
     }
 }

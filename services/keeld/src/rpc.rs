@@ -32,7 +32,12 @@ fn not_leader(e: StoreError) -> WireError {
 /// All peer routes.
 pub fn routes(
     member: Arc<Member>,
+    host: Arc<crate::host::Host>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    // Image copies between nodes stream the verified file (warp refuses paths leaving the dir).
+    let image_files = warp::path!("internal" / "images" / ..)
+        .and(warp::get())
+        .and(warp::fs::dir(host.pool.images_dir()));
     let append = warp::path!("raft" / "append")
         .and(warp::post())
         .and(with(member.clone()))
@@ -108,6 +113,7 @@ pub fn routes(
             warp::reply::json(&r)
         });
     append
+        .or(image_files)
         .or(vote)
         .or(snapshot)
         .or(write)

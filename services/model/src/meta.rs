@@ -21,4 +21,8 @@ pub struct Metadata {
     /// Creation time, RFC 3339.
     #[serde(default)]
     pub created: String,
+    /// Set when deletion was requested; the resource goes once its owner has cleaned up
+    /// (e.g. a VM's node has destroyed the domain and removed its disks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_requested: Option<String>,
 }
