@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use keel_model::{
     ClusterStatus, ErrorBody, Health, Image, ImageCreate, JoinRequest, JoinResponse, LoginRequest,
-    LoginResponse, Node, RemoveNodeRequest, Setting, SettingKey, SettingValue, ValidationError,
-    WatchEvent, WatchOp,
+    LoginResponse, Node, PowerState, RemoveNodeRequest, Setting, SettingKey, SettingValue,
+    ValidationError, Vm, VmCreate, VmGroup, VmGroupCreate, WatchEvent, WatchOp,
 };
 use keel_store::{ChangeOp, Record, Request, Response};
 use serde::de::DeserializeOwned;
@@ -22,6 +22,7 @@ use warp::reply::Response as HttpResponse;
 use warp::{Filter, Rejection, Reply};
 
 use crate::auth::{self, Claims, UserRecord};
+use crate::compute;
 use crate::daemon::Daemon;
 use crate::error::ApiError;
 use crate::images;
@@ -65,9 +66,10 @@ pub struct DeleteQuery {
     paths(
         health, login, cluster_status, cluster_join, cluster_remove, list_nodes, get_node, list_settings,
         get_setting, put_setting, delete_setting, events, create_image, list_images, get_image, delete_image,
-        image_progress, upload_image
+        image_progress, upload_image, create_vm, list_vms, get_vm, delete_vm, vm_action, create_group, list_groups,
+        delete_group
     ),
-    components(schemas(ErrorBody, List<Node>, List<Setting>, List<Image>)),
+    components(schemas(ErrorBody, List<Node>, List<Setting>, List<Image>, List<Vm>, List<VmGroup>)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
@@ -635,6 +637,151 @@ async fn upload_image(
     ok(&images::receive(&m, &h, &name, range, body).await?)
 }
 
+/// Creates a VM; the leader places it and the chosen node starts it.
+#[utoipa::path(post, path = "/api/v1/vms", security(("bearer" = [])), request_body = VmCreate,
+    responses((status = 201, body = Vm), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_vm(ctx: Ctx, authz: Option<String>, body: Bytes) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    let req: VmCreate = parse(&body)?;
+    let vm = compute::create(&m, req).await?;
+    Ok(warp::reply::with_status(warp::reply::json(&vm), StatusCode::CREATED).into_response())
+}
+
+/// Every VM.
+#[utoipa::path(get, path = "/api/v1/vms", security(("bearer" = [])),
+    responses((status = 200, body = List<Vm>), (status = 401, body = ErrorBody)))]
+async fn list_vms(ctx: Ctx, authz: Option<String>) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    m.linearizable().await?;
+    let items = m
+        .list(compute::VMS)?
+        .iter()
+        .map(compute::vm_of)
+        .collect::<Result<Vec<_>, _>>()?;
+    ok(&List { items })
+}
+
+/// One VM.
+#[utoipa::path(get, path = "/api/v1/vms/{name}", security(("bearer" = [])), params(("name" = String, Path)),
+    responses((status = 200, body = Vm), (status = 404, body = ErrorBody)))]
+async fn get_vm(name: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    m.linearizable().await?;
+    let rec = m
+        .get(compute::VMS, &name)?
+        .ok_or_else(|| ApiError::NotFound(format!("VM {name} does not exist")))?;
+    ok(&compute::vm_of(&rec)?)
+}
+
+/// Deletes a VM and its disks (asynchronously: its node destroys the domain first).
+#[utoipa::path(delete, path = "/api/v1/vms/{name}", security(("bearer" = [])), params(("name" = String, Path)),
+    responses((status = 202, body = Vm), (status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_vm(name: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    m.linearizable().await?;
+    let rec = m
+        .get(compute::VMS, &name)?
+        .ok_or_else(|| ApiError::NotFound(format!("VM {name} does not exist")))?;
+    if compute::vm_of(&rec)?.status.node.is_none() {
+        m.write_ok(Request::Delete {
+            kind: compute::VMS.into(),
+            name,
+            expected_version: Some(rec.version),
+        })
+        .await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let now = crate::now_rfc3339();
+    let vm = compute::update(&m, &name, |v| {
+        if v.metadata.deletion_requested.is_none() {
+            v.metadata.deletion_requested = Some(now.clone());
+        }
+    })
+    .await?;
+    Ok(warp::reply::with_status(warp::reply::json(&vm), StatusCode::ACCEPTED).into_response())
+}
+
+/// Starts, stops or reboots a VM (sets its desired power state; its node converges).
+#[utoipa::path(post, path = "/api/v1/vms/{name}/{action}", security(("bearer" = [])),
+    params(("name" = String, Path), ("action" = String, Path, description = "start | stop")),
+    responses((status = 202, body = Vm), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn vm_action(name: String, action: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    compute::vm_name(&name)?;
+    let state = match action.as_str() {
+        "start" => PowerState::Running,
+        "stop" => PowerState::Stopped,
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "VM action {other:?} is not known; use start or stop"
+            )));
+        }
+    };
+    let vm = compute::update(&m, &name, |v| v.spec.power_state = state).await?;
+    Ok(warp::reply::with_status(warp::reply::json(&vm), StatusCode::ACCEPTED).into_response())
+}
+
+/// Creates a VM group (affinity or anti-affinity, hard or soft).
+#[utoipa::path(post, path = "/api/v1/vm-groups", security(("bearer" = [])), request_body = VmGroupCreate,
+    responses((status = 201, body = VmGroup), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_group(ctx: Ctx, authz: Option<String>, body: Bytes) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    let req: VmGroupCreate = parse(&body)?;
+    req.validate()?;
+    let name = req.metadata.name.to_string();
+    let g = VmGroup {
+        metadata: req.metadata.into_metadata(),
+        spec: req.spec,
+        status: Default::default(),
+    };
+    match m
+        .write_ok(Request::Create {
+            kind: compute::GROUPS.into(),
+            name,
+            value: crate::member::encode(&g)?,
+            idempotency_key: None,
+        })
+        .await?
+    {
+        Response::Written(rec) => Ok(warp::reply::with_status(
+            warp::reply::json(&compute::group_of(&rec)?),
+            StatusCode::CREATED,
+        )
+        .into_response()),
+        other => Err(ApiError::Internal(format!(
+            "unexpected store answer {other:?}"
+        ))),
+    }
+}
+
+/// Every VM group.
+#[utoipa::path(get, path = "/api/v1/vm-groups", security(("bearer" = [])),
+    responses((status = 200, body = List<VmGroup>), (status = 401, body = ErrorBody)))]
+async fn list_groups(ctx: Ctx, authz: Option<String>) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    m.linearizable().await?;
+    let items = m
+        .list(compute::GROUPS)?
+        .iter()
+        .map(compute::group_of)
+        .collect::<Result<Vec<_>, _>>()?;
+    ok(&List { items })
+}
+
+/// Deletes a VM group.
+#[utoipa::path(delete, path = "/api/v1/vm-groups/{name}", security(("bearer" = [])), params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_group(name: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    m.write_ok(Request::Delete {
+        kind: compute::GROUPS.into(),
+        name,
+        expected_version: None,
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 fn with_ctx(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
     warp::any().map(move || ctx.clone())
 }
@@ -853,6 +1000,88 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .or(image_upload)
         .unify()
         .boxed();
+    let vms_post = v1
+        .and(warp::path!("vms"))
+        .and(warp::post())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .and(body())
+        .then(create_vm)
+        .map(reply)
+        .boxed();
+    let vms_get = v1
+        .and(warp::path!("vms"))
+        .and(warp::get())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .then(list_vms)
+        .map(reply)
+        .boxed();
+    let vm_get = v1
+        .and(warp::path!("vms" / String))
+        .and(warp::get())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .then(get_vm)
+        .map(reply)
+        .boxed();
+    let vm_delete = v1
+        .and(warp::path!("vms" / String))
+        .and(warp::delete())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .then(delete_vm)
+        .map(reply)
+        .boxed();
+    let vm_action_r = v1
+        .and(warp::path!("vms" / String / String))
+        .and(warp::post())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .then(vm_action)
+        .map(reply)
+        .boxed();
+    let groups_post = v1
+        .and(warp::path!("vm-groups"))
+        .and(warp::post())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .and(body())
+        .then(create_group)
+        .map(reply)
+        .boxed();
+    let groups_get = v1
+        .and(warp::path!("vm-groups"))
+        .and(warp::get())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .then(list_groups)
+        .map(reply)
+        .boxed();
+    let group_delete = v1
+        .and(warp::path!("vm-groups" / String))
+        .and(warp::delete())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .then(delete_group)
+        .map(reply)
+        .boxed();
+    let vms_r = vms_post
+        .or(vms_get)
+        .unify()
+        .or(vm_get)
+        .unify()
+        .or(vm_delete)
+        .unify()
+        .or(vm_action_r)
+        .unify()
+        .or(groups_post)
+        .unify()
+        .or(groups_get)
+        .unify()
+        .or(group_delete)
+        .unify()
+        .boxed();
     let openapi_r = v1
         .and(warp::path!("openapi.json"))
         .and(warp::get())
@@ -884,6 +1113,8 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .or(openapi_r)
         .unify()
         .or(images_r)
+        .unify()
+        .or(vms_r)
         .unify()
         .recover(recover)
         .unify()

@@ -384,7 +384,7 @@ async fn become_member(
     tokio::spawn(tls::serve(
         peer_listener,
         peer_cfg,
-        rpc::routes(member.clone(), host),
+        rpc::routes(member.clone(), host.clone()),
         daemon.shutdown.clone(),
     ));
     daemon.cert_slot.set(&tls_files.cert, &tls_files.key)?;
@@ -418,6 +418,15 @@ async fn become_member(
         daemon.shutdown.clone(),
     ));
     tokio::spawn(leader::leader_loop(member.clone(), daemon.shutdown.clone()));
+    tokio::spawn(crate::compute::schedule_loop(
+        member.clone(),
+        daemon.shutdown.clone(),
+    ));
+    tokio::spawn(crate::compute::node_loop(
+        member.clone(),
+        host.clone(),
+        daemon.shutdown.clone(),
+    ));
     drop(discovery);
     info!(node = %identity.name, id = identity.id, "member");
     Ok(())

@@ -60,7 +60,7 @@ impl Pool {
     /// Free bytes on the pool's file system.
     pub fn available_bytes(&self) -> u64 {
         nix::sys::statvfs::statvfs(&self.root)
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks_available() * s.fragment_size())
             .unwrap_or(0)
     }
 }

@@ -170,12 +170,14 @@ pub async fn receive(
     }
     let me = m.identity.name.clone();
     match image.status.node.as_deref() {
-        Some(n) if n != me => return Err(ApiError::Conflict {
-            code: "version_conflict",
-            message: format!(
+        Some(n) if n != me => {
+            return Err(ApiError::Conflict {
+                code: "version_conflict",
+                message: format!(
                 "image {name} is being uploaded to node {n}; send the remaining chunks to its API"
             ),
-        }),
+            })
+        }
         Some(_) => {}
         None => {
             image.status.node = Some(me.clone());

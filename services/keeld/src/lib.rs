@@ -16,6 +16,7 @@
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
+pub mod compute;
 pub mod daemon;
 pub mod discovery;
 pub mod error;

@@ -1,0 +1,194 @@
+//! VMs end to end on a real 3-node dev cluster, every node with its own libvirt under TCG:
+//! create from an image, hard anti-affinity places three VMs on three nodes and refuses a
+//! fourth, each domain runs in its own node's hypervisor, stop/start converge, delete leaves
+//! no domain and no disk behind, and bad input gets a clear 4xx and creates nothing.
+
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result};
+use keel_tests::{keel_bin, DevCluster};
+use serde_json::{json, Value};
+
+fn cli(dev: &DevCluster, args: &[&str]) -> Result<Output> {
+    Ok(Command::new(keel_bin())
+        .args(args)
+        .env("KEEL_ENDPOINT", &dev.info.endpoint)
+        .env("KEEL_CA_CERT", &dev.info.ca_cert)
+        .env("KEEL_USERNAME", &dev.info.username)
+        .env("KEEL_PASSWORD", &dev.info.password)
+        .output()?)
+}
+
+fn ok(out: Output, what: &str) -> Result<String> {
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn virsh(dev: &DevCluster, node: &str, args: &[&str]) -> Result<String> {
+    let state = dev.state.to_string_lossy().to_string();
+    let mut all = vec![
+        "dev",
+        "--state",
+        &state,
+        "exec",
+        node,
+        "--",
+        "virsh",
+        "-c",
+        "qemu:///system",
+    ];
+    all.extend_from_slice(args);
+    keel_tests::keel(&all)
+}
+
+fn virsh_list(dev: &DevCluster, node: &str) -> Result<String> {
+    virsh(dev, node, &["list", "--all", "--name"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
+    let dev = DevCluster::up("vms", 3, "10.77.6.0/24", 18448)?;
+    let api = dev.client(&dev.info.endpoint).await?;
+    let guest = dev.state.join("guest");
+    let built = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/guest/build.sh"))
+        .arg(&guest)
+        .status()?;
+    anyhow::ensure!(built.success(), "tests/guest/build.sh failed");
+    let disk = guest.join("disk.raw");
+    let disk_s = disk.to_string_lossy().to_string();
+    ok(
+        cli(
+            &dev,
+            &["image", "import", &disk_s, "--name", "tiny", "--wait"],
+        )?,
+        "image import",
+    )?;
+
+    // Bad input: a clear 4xx, and nothing is created.
+    let spec = |name: &str, image: &str, cpus: u32, memory: Value| {
+        json!({"metadata": {"name": name}, "spec": {"cpus": cpus, "memory": memory,
+            "disks": [{"name": "root", "source": {"type": "image", "image": image}}]}})
+    };
+    for (body, field) in [
+        (
+            spec("vm-x", "nosuch", 1, json!("128MiB")),
+            "spec.disks[0].source.image",
+        ),
+        (spec("vm-x", "tiny", 0, json!("128MiB")), "spec.cpus"),
+        (spec("vm-x", "tiny", 1, json!("lots")), "spec.memory"),
+        (spec("Not_DNS", "tiny", 1, json!("128MiB")), "metadata.name"),
+    ] {
+        let a = api.call("POST", "/api/v1/vms", Some(body.clone())).await?;
+        assert_eq!(a.status, 400, "{body}: {}", a.body);
+        let f = a.body["error"]["field"].as_str().unwrap_or("");
+        assert!(
+            f.starts_with(field),
+            "{body}: field {f:?}, want {field}: {}",
+            a.body
+        );
+    }
+    let out = cli(
+        &dev,
+        &[
+            "vm", "create", "vm-x", "--image", "tiny", "--cpus", "1", "--memory", "lots",
+        ],
+    )?;
+    assert!(!out.status.success(), "memory 'lots' must be refused");
+    let list = api.call("GET", "/api/v1/vms", None).await?;
+    assert_eq!(list.body["items"], json!([]), "{}", list.body);
+
+    // Hard anti-affinity: three VMs on three nodes.
+    ok(
+        cli(
+            &dev,
+            &["vm", "group", "create", "web", "--anti-affinity", "hard"],
+        )?,
+        "group create",
+    )?;
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let name = format!("web{i}");
+        ok(
+            cli(
+                &dev,
+                &[
+                    "vm", "create", &name, "--image", "tiny", "--cpus", "1", "--memory", "128MiB",
+                    "--group", "web", "--wait",
+                ],
+            )?,
+            "vm create",
+        )?;
+        let show: Value = serde_json::from_str(&ok(
+            cli(&dev, &["vm", "show", &name, "-o", "json"])?,
+            "vm show",
+        )?)?;
+        assert_eq!(show["status"]["phase"], "running", "{show}");
+        let node = show["status"]["node"].as_str().context("node")?.to_string();
+        // The domain runs in that node's own libvirt, and in no other.
+        assert!(
+            virsh_list(&dev, &node)?.lines().any(|l| l.trim() == name),
+            "{name} not in {node}'s libvirt"
+        );
+        nodes.push((name, node));
+    }
+    let mut distinct: Vec<&String> = nodes.iter().map(|(_, n)| n).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{nodes:?}");
+    for (name, node) in &nodes {
+        for other in ["node1", "node2", "node3"]
+            .iter()
+            .filter(|o| **o != node.as_str())
+        {
+            assert!(
+                !virsh_list(&dev, other)?.lines().any(|l| l.trim() == name),
+                "{name} also on {other}"
+            );
+        }
+    }
+    let fourth = api
+        .call("POST", "/api/v1/vms", Some(json!({"metadata": {"name": "web4"}, "spec": {"cpus": 1, "memory": "128MiB",
+            "placement": {"group": "web"}, "disks": [{"name": "root", "source": {"type": "image", "image": "tiny"}}]}})))
+        .await?;
+    assert_eq!(fourth.status, 400, "{}", fourth.body);
+    assert!(
+        fourth.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("anti-affinity"),
+        "{}",
+        fourth.body
+    );
+
+    // Stop and start converge on the node.
+    let (name, node) = nodes[0].clone();
+    ok(cli(&dev, &["vm", "stop", &name, "--wait"])?, "vm stop")?;
+    let state = virsh(&dev, &node, &["domstate", &name])?;
+    assert!(state.contains("shut off"), "{state}");
+    ok(cli(&dev, &["vm", "start", &name, "--wait"])?, "vm start")?;
+    let state = virsh(&dev, &node, &["domstate", &name])?;
+    assert!(state.contains("running"), "{state}");
+
+    // Delete leaves no domain and no disk behind.
+    for (name, node) in &nodes {
+        ok(cli(&dev, &["vm", "delete", name, "--wait"])?, "vm delete")?;
+        assert!(
+            !virsh_list(&dev, node)?.lines().any(|l| l.trim() == name),
+            "{name} still defined on {node}"
+        );
+        let vols = dev.state.join(format!("{node}/state/pool/volumes"));
+        let left: Vec<_> = std::fs::read_dir(&vols)?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "disks left on {node}: {left:?}");
+    }
+    let gone = api.call("GET", "/api/v1/vms/web1", None).await?;
+    assert_eq!(gone.status, 404);
+    Ok(())
+}
