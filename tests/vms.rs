@@ -165,6 +165,27 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
         fourth.body
     );
 
+    // A cordoned node takes no new VMs, even pinned ones; uncordon lifts it.
+    ok(cli(&dev, &["node", "cordon", "node1"])?, "node cordon")?;
+    let n1 = api.call("GET", "/api/v1/nodes/node1", None).await?;
+    assert_eq!(n1.body["spec"]["cordoned"], true, "{}", n1.body);
+    let pinned = api
+        .call("POST", "/api/v1/vms", Some(json!({"metadata": {"name": "pinned"}, "spec": {"cpus": 1, "memory": "128MiB",
+            "placement": {"node": "node1"}, "disks": [{"name": "root", "source": {"type": "image", "image": "tiny"}}]}})))
+        .await?;
+    assert_eq!(pinned.status, 400, "{}", pinned.body);
+    assert!(
+        pinned.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cordon"),
+        "{}",
+        pinned.body
+    );
+    ok(cli(&dev, &["node", "uncordon", "node1"])?, "node uncordon")?;
+    let n1 = api.call("GET", "/api/v1/nodes/node1", None).await?;
+    assert_eq!(n1.body["spec"]["cordoned"], false, "{}", n1.body);
+
     // Stop and start converge on the node.
     let (name, node) = nodes[0].clone();
     ok(cli(&dev, &["vm", "stop", &name, "--wait"])?, "vm stop")?;

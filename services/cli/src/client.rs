@@ -290,7 +290,35 @@ impl ApiClient {
     }
 
     /// Sends a request with a per-request timeout; any non-2xx answer becomes an error.
+    /// A 503 with `Retry-After` (no quorum, leader changing) is retried for up to 20 s when
+    /// repeating the request is harmless (see [`retryable`]).
     pub async fn send<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.send_once(method.clone(), path, body, timeout).await {
+                Err(ClientError::Api {
+                    status,
+                    retry_after: Some(wait),
+                    ..
+                }) if status == StatusCode::SERVICE_UNAVAILABLE
+                    && retryable(&method, path)
+                    && std::time::Instant::now() + wait < deadline =>
+                {
+                    tracing::debug!(%method, path, ?wait, "503: retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send_once<B: Serialize + ?Sized>(
         &self,
         method: Method,
         path: &str,
@@ -494,5 +522,32 @@ mod tests {
             ApiClient::new("http://h", None),
             Err(ClientError::BadEndpoint(_))
         ));
+    }
+}
+
+/// Whether repeating a request whose outcome is unknown is harmless: reads, PUTs and DELETEs
+/// (compare-and-set or absolute), and POST actions that set a state (start, stop, cordon...).
+/// Creates are not retried: a repeat could answer "already exists" for the first attempt.
+pub fn retryable(method: &Method, path: &str) -> bool {
+    match *method {
+        Method::GET | Method::PUT | Method::DELETE => true,
+        Method::POST => ["/start", "/stop", "/reboot", "/cordon", "/uncordon"]
+            .iter()
+            .any(|a| path.ends_with(a)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    #[test]
+    fn only_harmless_repeats_are_retried() {
+        assert!(retryable(&Method::GET, "/api/v1/vms"));
+        assert!(retryable(&Method::DELETE, "/api/v1/vms/a"));
+        assert!(retryable(&Method::POST, "/api/v1/vms/a/stop"));
+        assert!(!retryable(&Method::POST, "/api/v1/vms"));
+        assert!(!retryable(&Method::POST, "/api/v1/auth/login"));
     }
 }

@@ -67,7 +67,7 @@ pub struct DeleteQuery {
         health, login, cluster_status, cluster_join, cluster_remove, list_nodes, get_node, list_settings,
         get_setting, put_setting, delete_setting, events, create_image, list_images, get_image, delete_image,
         image_progress, upload_image, create_vm, list_vms, get_vm, delete_vm, vm_action, create_group, list_groups,
-        delete_group
+        delete_group, node_action
     ),
     components(schemas(ErrorBody, List<Node>, List<Setting>, List<Image>, List<Vm>, List<VmGroup>)),
     modifiers(&BearerAuth)
@@ -782,6 +782,56 @@ async fn delete_group(name: String, ctx: Ctx, authz: Option<String>) -> ApiResul
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Cordons (no new VMs are placed there) or uncordons a node.
+#[utoipa::path(post, path = "/api/v1/nodes/{name}/{action}", security(("bearer" = [])),
+    params(("name" = String, Path), ("action" = String, Path, description = "cordon | uncordon")),
+    responses((status = 200, body = Node), (status = 404, body = ErrorBody)))]
+async fn node_action(name: String, action: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
+    let (m, _) = authenticate(&ctx, authz).await?;
+    let cordoned = match action.as_str() {
+        "cordon" => true,
+        "uncordon" => false,
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "node action {other:?} is not known; use cordon or uncordon"
+            )))
+        }
+    };
+    for _ in 0..10 {
+        m.linearizable().await?;
+        let rec = m
+            .get(kinds::NODES, &name)?
+            .ok_or_else(|| ApiError::NotFound(format!("node {name} does not exist")))?;
+        let mut node = node_of(&rec)?;
+        node.spec.cordoned = cordoned;
+        let res = m
+            .write(Request::Put {
+                kind: kinds::NODES.into(),
+                name: name.clone(),
+                value: crate::member::encode(&node)?,
+                expected_version: Some(rec.version),
+            })
+            .await?;
+        match res {
+            Response::Written(rec) => {
+                info!(node = %name, cordoned, "node cordon changed");
+                return ok(&node_with_role(&m, &rec)?);
+            }
+            Response::Failed(keel_store::ApplyFailure::VersionConflict { .. }) => continue,
+            Response::Failed(f) => return Err(crate::member::apply_err(f)),
+            other => {
+                return Err(ApiError::Internal(format!(
+                    "unexpected store answer {other:?}"
+                )))
+            }
+        }
+    }
+    Err(ApiError::Conflict {
+        code: "version_conflict",
+        message: format!("node {name} keeps changing; retry"),
+    })
+}
+
 fn with_ctx(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
     warp::any().map(move || ctx.clone())
 }
@@ -1066,6 +1116,14 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .then(delete_group)
         .map(reply)
         .boxed();
+    let node_action_r = v1
+        .and(warp::path!("nodes" / String / String))
+        .and(warp::post())
+        .and(with_ctx(ctx.clone()))
+        .and(authz())
+        .then(node_action)
+        .map(reply)
+        .boxed();
     let vms_r = vms_post
         .or(vms_get)
         .unify()
@@ -1080,6 +1138,8 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .or(groups_get)
         .unify()
         .or(group_delete)
+        .unify()
+        .or(node_action_r)
         .unify()
         .boxed();
     let openapi_r = v1
