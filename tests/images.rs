@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use keel_tests::{keel_bin, wait_until, DevCluster};
+use keel_tests::{wait_until, DevCluster};
 use serde_json::{json, Value};
 
 fn sha256_of(path: &std::path::Path) -> Result<String> {
@@ -24,23 +24,11 @@ async fn images_upload_in_chunks_verify_and_resume() -> Result<()> {
     let api = dev.client(&dev.info.endpoint).await?;
 
     // The test guest's bootable disk, built from Debian packages.
-    let guest = dev.state.join("guest");
-    let built = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/guest/build.sh"))
-        .arg(&guest)
-        .status()?;
-    anyhow::ensure!(built.success(), "tests/guest/build.sh failed");
-    let disk = guest.join("disk.raw");
+    let disk = dev.guest_disk()?;
 
     // keel image import: create + chunked upload + wait.
-    let out = Command::new(keel_bin())
-        .args(["image", "import"])
-        .arg(&disk)
-        .args(["--name", "tiny", "--wait"])
-        .env("KEEL_ENDPOINT", &dev.info.endpoint)
-        .env("KEEL_CA_CERT", &dev.info.ca_cert)
-        .env("KEEL_USERNAME", &dev.info.username)
-        .env("KEEL_PASSWORD", &dev.info.password)
-        .output()?;
+    let disk_s = disk.to_string_lossy().to_string();
+    let out = dev.cli(&["image", "import", &disk_s, "--name", "tiny", "--wait"])?;
     assert!(
         out.status.success(),
         "import failed: {}",

@@ -3,21 +3,11 @@
 //! fourth, each domain runs in its own node's hypervisor, stop/start converge, delete leaves
 //! no domain and no disk behind, and bad input gets a clear 4xx and creates nothing.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use anyhow::{Context, Result};
-use keel_tests::{keel_bin, DevCluster};
+use keel_tests::DevCluster;
 use serde_json::{json, Value};
-
-fn cli(dev: &DevCluster, args: &[&str]) -> Result<Output> {
-    Ok(Command::new(keel_bin())
-        .args(args)
-        .env("KEEL_ENDPOINT", &dev.info.endpoint)
-        .env("KEEL_CA_CERT", &dev.info.ca_cert)
-        .env("KEEL_USERNAME", &dev.info.username)
-        .env("KEEL_PASSWORD", &dev.info.password)
-        .output()?)
-}
 
 fn ok(out: Output, what: &str) -> Result<String> {
     anyhow::ensure!(
@@ -54,18 +44,10 @@ fn virsh_list(dev: &DevCluster, node: &str) -> Result<String> {
 async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
     let dev = DevCluster::up("vms", 3, "10.77.6.0/24", 18448)?;
     let api = dev.client(&dev.info.endpoint).await?;
-    let guest = dev.state.join("guest");
-    let built = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/guest/build.sh"))
-        .arg(&guest)
-        .status()?;
-    anyhow::ensure!(built.success(), "tests/guest/build.sh failed");
-    let disk = guest.join("disk.raw");
+    let disk = dev.guest_disk()?;
     let disk_s = disk.to_string_lossy().to_string();
     ok(
-        cli(
-            &dev,
-            &["image", "import", &disk_s, "--name", "tiny", "--wait"],
-        )?,
+        dev.cli(&["image", "import", &disk_s, "--name", "tiny", "--wait"])?,
         "image import",
     )?;
 
@@ -92,39 +74,30 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
             a.body
         );
     }
-    let out = cli(
-        &dev,
-        &[
-            "vm", "create", "vm-x", "--image", "tiny", "--cpus", "1", "--memory", "lots",
-        ],
-    )?;
+    let out = dev.cli(&[
+        "vm", "create", "vm-x", "--image", "tiny", "--cpus", "1", "--memory", "lots",
+    ])?;
     assert!(!out.status.success(), "memory 'lots' must be refused");
     let list = api.call("GET", "/api/v1/vms", None).await?;
     assert_eq!(list.body["items"], json!([]), "{}", list.body);
 
     // Hard anti-affinity: three VMs on three nodes.
     ok(
-        cli(
-            &dev,
-            &["vm", "group", "create", "web", "--anti-affinity", "hard"],
-        )?,
+        dev.cli(&["vm", "group", "create", "web", "--anti-affinity", "hard"])?,
         "group create",
     )?;
     let mut nodes = Vec::new();
     for i in 1..=3 {
         let name = format!("web{i}");
         ok(
-            cli(
-                &dev,
-                &[
-                    "vm", "create", &name, "--image", "tiny", "--cpus", "1", "--memory", "128MiB",
-                    "--group", "web", "--wait",
-                ],
-            )?,
+            dev.cli(&[
+                "vm", "create", &name, "--image", "tiny", "--cpus", "1", "--memory", "128MiB",
+                "--group", "web", "--wait",
+            ])?,
             "vm create",
         )?;
         let show: Value = serde_json::from_str(&ok(
-            cli(&dev, &["vm", "show", &name, "-o", "json"])?,
+            dev.cli(&["vm", "show", &name, "-o", "json"])?,
             "vm show",
         )?)?;
         assert_eq!(show["status"]["phase"], "running", "{show}");
@@ -166,7 +139,7 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
     );
 
     // A cordoned node takes no new VMs, even pinned ones; uncordon lifts it.
-    ok(cli(&dev, &["node", "cordon", "node1"])?, "node cordon")?;
+    ok(dev.cli(&["node", "cordon", "node1"])?, "node cordon")?;
     let n1 = api.call("GET", "/api/v1/nodes/node1", None).await?;
     assert_eq!(n1.body["spec"]["cordoned"], true, "{}", n1.body);
     let pinned = api
@@ -182,22 +155,22 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
         "{}",
         pinned.body
     );
-    ok(cli(&dev, &["node", "uncordon", "node1"])?, "node uncordon")?;
+    ok(dev.cli(&["node", "uncordon", "node1"])?, "node uncordon")?;
     let n1 = api.call("GET", "/api/v1/nodes/node1", None).await?;
     assert_eq!(n1.body["spec"]["cordoned"], false, "{}", n1.body);
 
     // Stop and start converge on the node.
     let (name, node) = nodes[0].clone();
-    ok(cli(&dev, &["vm", "stop", &name, "--wait"])?, "vm stop")?;
+    ok(dev.cli(&["vm", "stop", &name, "--wait"])?, "vm stop")?;
     let state = virsh(&dev, &node, &["domstate", &name])?;
     assert!(state.contains("shut off"), "{state}");
-    ok(cli(&dev, &["vm", "start", &name, "--wait"])?, "vm start")?;
+    ok(dev.cli(&["vm", "start", &name, "--wait"])?, "vm start")?;
     let state = virsh(&dev, &node, &["domstate", &name])?;
     assert!(state.contains("running"), "{state}");
 
     // Delete leaves no domain and no disk behind.
     for (name, node) in &nodes {
-        ok(cli(&dev, &["vm", "delete", name, "--wait"])?, "vm delete")?;
+        ok(dev.cli(&["vm", "delete", name, "--wait"])?, "vm delete")?;
         assert!(
             !virsh_list(&dev, node)?.lines().any(|l| l.trim() == name),
             "{name} still defined on {node}"

@@ -134,6 +134,29 @@ impl DevCluster {
         api.login(&self.info.username, &self.info.password).await
     }
 
+    /// Runs `keel ARGS` as a client of this cluster (endpoint, CA and admin credentials in
+    /// the environment).
+    pub fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new(keel_bin())
+            .args(args)
+            .env("KEEL_ENDPOINT", &self.info.endpoint)
+            .env("KEEL_CA_CERT", &self.info.ca_cert)
+            .env("KEEL_USERNAME", &self.info.username)
+            .env("KEEL_PASSWORD", &self.info.password)
+            .output()?)
+    }
+
+    /// Builds the tiny test guest (tests/guest/build.sh) under the state dir; returns its
+    /// bootable disk image.
+    pub fn guest_disk(&self) -> Result<PathBuf> {
+        let guest = self.state.join("guest");
+        let built = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/guest/build.sh"))
+            .arg(&guest)
+            .status()?;
+        anyhow::ensure!(built.success(), "tests/guest/build.sh failed");
+        Ok(guest.join("disk.raw"))
+    }
+
     /// The API URL of node `name`.
     pub fn api_of(&self, name: &str) -> Result<String> {
         self.info
