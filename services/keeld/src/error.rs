@@ -48,8 +48,8 @@ pub enum ApiError {
     /// Uploaded bytes do not match the declared checksum.
     #[error("{0}")]
     Checksum(String),
-    /// The body is too large.
-    #[error("the request body is larger than {0} bytes")]
+    #[error("the request body is too large: JSON bodies take at most {} bytes, image chunks at most {} bytes", .0, crate::api::MAX_CHUNK)]
+    /// The body is too large (the limit for JSON bodies).
     TooLarge(u64),
     /// Too many failed logins.
     #[error("too many failed logins; retry in {} s", .0.as_secs())]
