@@ -345,10 +345,20 @@ pub async fn remove_node_local(m: &Member, name: &str) -> Result<(), ApiError> {
         expected_version: None,
     })
     .await?;
-    m.store
-        .remove_node(node.status.id)
-        .await
-        .map_err(crate::member::store_err)?;
+    // A membership change in progress (e.g. a promotion still in its joint phase) is
+    // transient: retry it for a while rather than fail a removal already recorded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match m.store.remove_node(node.status.id).await {
+            Ok(()) => break,
+            Err(keel_store::StoreError::Membership { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(crate::member::store_err(e)),
+        }
+    }
     info!(node = %name, "node removed from the cluster");
     Ok(())
 }
