@@ -34,8 +34,8 @@ pub const MAX_BODY: u64 = 1024 * 1024;
 /// Largest image upload chunk.
 pub const MAX_CHUNK: u64 = 64 * 1024 * 1024;
 
-type Ctx = Arc<Daemon>;
-type ApiResult = Result<HttpResponse, ApiError>;
+pub(crate) type Ctx = Arc<Daemon>;
+pub(crate) type ApiResult = Result<HttpResponse, ApiError>;
 
 /// A list of resources.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -90,14 +90,19 @@ impl utoipa::Modify for BearerAuth {
 
 /// The OpenAPI document, generated from the types.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut doc = ApiDoc::openapi();
+    // Feature modules own their routes and document them in their own `ApiDoc`.
+    doc.merge(crate::console::ApiDoc::openapi());
+    doc.merge(crate::lifecycle::ApiDoc::openapi());
+    doc.merge(crate::storage::ApiDoc::openapi());
+    doc
 }
 
-fn ok<T: Serialize>(v: &T) -> ApiResult {
+pub(crate) fn ok<T: Serialize>(v: &T) -> ApiResult {
     Ok(warp::reply::json(v).into_response())
 }
 
-fn member(ctx: &Ctx) -> Result<Arc<Member>, ApiError> {
+pub(crate) fn member(ctx: &Ctx) -> Result<Arc<Member>, ApiError> {
     ctx.member.get().cloned().ok_or_else(|| {
         let reason = ctx
             .phase
@@ -110,7 +115,7 @@ fn member(ctx: &Ctx) -> Result<Arc<Member>, ApiError> {
     })
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad(
             "the request body is empty; send a JSON object",
@@ -130,14 +135,14 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     })
 }
 
-fn now_unix() -> u64 {
+pub(crate) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-async fn authenticate(
+pub(crate) async fn authenticate(
     ctx: &Ctx,
     header: Option<String>,
 ) -> Result<(Arc<Member>, Claims), ApiError> {
@@ -555,7 +560,7 @@ async fn events(q: EventsQuery, ctx: Ctx, authz: Option<String>) -> ApiResult {
     .into_response())
 }
 
-fn host(ctx: &Ctx) -> Result<Arc<crate::host::Host>, ApiError> {
+pub(crate) fn host(ctx: &Ctx) -> Result<Arc<crate::host::Host>, ApiError> {
     ctx.host.get().cloned().ok_or_else(|| {
         ApiError::NotReady("this node is not a cluster member yet; retry shortly".into())
     })
@@ -842,21 +847,21 @@ async fn node_action(name: String, action: String, ctx: Ctx, authz: Option<Strin
     })
 }
 
-fn with_ctx(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
+pub(crate) fn with_ctx(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
     warp::any().map(move || ctx.clone())
 }
 
-fn authz() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
+pub(crate) fn authz() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
     warp::header::optional::<String>("authorization")
         .or(warp::any().map(|| None))
         .unify()
 }
 
-fn body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+pub(crate) fn body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::body::content_length_limit(MAX_BODY).and(warp::body::bytes())
 }
 
-fn reply(r: ApiResult) -> HttpResponse {
+pub(crate) fn reply(r: ApiResult) -> HttpResponse {
     match r {
         Ok(resp) => resp,
         Err(e) => {
@@ -1181,6 +1186,13 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .or(events_r)
         .unify()
         .or(openapi_r)
+        .unify()
+        // Feature modules come before the generic `vms/{name}/{action}` route.
+        .or(crate::console::routes(ctx.clone()))
+        .unify()
+        .or(crate::lifecycle::routes(ctx.clone()))
+        .unify()
+        .or(crate::storage::routes(ctx.clone()))
         .unify()
         .or(images_r)
         .unify()

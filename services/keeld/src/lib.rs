@@ -17,6 +17,7 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod compute;
+pub mod console;
 pub mod daemon;
 pub mod discovery;
 pub mod error;
@@ -27,11 +28,13 @@ pub mod images;
 pub mod inventory;
 pub mod join;
 pub mod leader;
+pub mod lifecycle;
 pub mod member;
 pub mod peer;
 pub mod pki;
 pub mod rpc;
 pub mod scheduler;
+pub mod storage;
 pub mod tls;
 
 /// HTTPS API port.
