@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!  POST /vms ─▶ validate, refuse what can never be placed ─▶ record (pending, unbound)
-//!  leader, every 500 ms: unbound VMs ─▶ scheduler::place ─▶ status.node (binding)
-//!  node, every second, for VMs bound to it:
+//!  leader, on every VM/group/node change (and every 500 ms): unbound VMs ─▶ scheduler::place ─▶ status.node (binding)
+//!  node, on every VM change (and every second), for VMs bound to it:
 //!     deletion requested ─▶ destroy + undefine + remove its disks ─▶ delete the record
 //!     disks: image copied here if needed ─▶ qcow2 overlay (qemu-img create -b image)
 //!     domain defined from the spec (keel-virt, typed XML) ─▶ started / shut down per power_state
@@ -172,14 +172,20 @@ pub async fn create(m: &Member, body: VmCreate) -> Result<Vm, ApiError> {
     }
 }
 
-/// Applies `f` to VM `name` with compare-and-set, retrying on conflicts.
+/// Read-modify-write of a VM with compare-and-swap, retried on conflicts; a no-op change
+/// writes nothing.
 pub async fn update(m: &Member, name: &str, f: impl Fn(&mut Vm)) -> Result<Vm, ApiError> {
     for _ in 0..10 {
         let rec = m
             .get(VMS, name)?
             .ok_or_else(|| ApiError::NotFound(format!("VM {name} does not exist")))?;
         let mut vm = vm_of(&rec)?;
+        let before = encode(&vm)?;
         f(&mut vm);
+        if encode(&vm)? == before {
+            // Nothing to change: no write, so no wake-up of the loops that watch VMs.
+            return Ok(vm);
+        }
         match m
             .write(Request::Put {
                 kind: VMS.into(),
@@ -208,8 +214,9 @@ pub async fn update(m: &Member, name: &str, f: impl Fn(&mut Vm)) -> Result<Vm, A
 /// Leader: binds unbound VMs to nodes.
 pub async fn schedule_loop(m: Arc<Member>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut wake = crate::wake::Wake::new(m.clone(), &[VMS, GROUPS, kinds::NODES]);
     loop {
-        tokio::select! { _ = tick.tick() => {} _ = shutdown.changed() => return }
+        tokio::select! { _ = tick.tick() => {} _ = wake.changed() => {} _ = shutdown.changed() => return }
         if !m.is_leader() {
             continue;
         }
@@ -283,8 +290,9 @@ async fn schedule_round(m: &Member) -> Result<(), ApiError> {
 /// Node: converges this node's libvirt to the VMs bound to it.
 pub async fn node_loop(m: Arc<Member>, host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut wake = crate::wake::Wake::new(m.clone(), &[VMS]);
     loop {
-        tokio::select! { _ = tick.tick() => {} _ = shutdown.changed() => return }
+        tokio::select! { _ = tick.tick() => {} _ = wake.changed() => {} _ = shutdown.changed() => return }
         let Some((hv, kvm)) = host.hv.get().cloned() else {
             continue;
         };

@@ -36,6 +36,7 @@ pub mod rpc;
 pub mod scheduler;
 pub mod storage;
 pub mod tls;
+pub mod wake;
 
 /// HTTPS API port.
 pub const API_PORT: u16 = 8443;
