@@ -4,7 +4,7 @@ CARGO ?= cargo
 STATE ?= /var/lib/keel-dev
 NODES ?= 3
 
-.PHONY: demo test deps build build-release unit integration openapi bench down clean-dev fmt lint
+.PHONY: demo test deps build build-release unit integration openapi bench bench-vm down clean-dev fmt lint
 
 # Host packages the dev cluster and the tests need (Debian 12).
 HOST_PKGS := iproute2 util-linux procps kmod ca-certificates pkg-config gcc make python3 \
@@ -49,6 +49,11 @@ openapi:
 
 bench: deps build-release
 	./target/release/keel bench cluster --nodes 3 --state /tmp/keel-bench
+
+# VM create against virsh create, 50 VMs at once, keeld memory per VM (real libvirt, TCG).
+bench-vm: deps build-release
+	tests/guest/build.sh target/guest
+	./target/release/keel bench vm --nodes 3 --image target/guest/disk.raw --state /tmp/keel-bench-vm
 
 fmt:
 	$(CARGO) fmt --all

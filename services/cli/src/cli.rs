@@ -493,6 +493,47 @@ pub enum BenchCommand {
     Api(BenchApiArgs),
     /// Formation time, leader failover time and keeld memory on a fresh dev cluster.
     Cluster(BenchClusterArgs),
+    /// VM create → running against `virsh create`, many VMs at once, and keeld memory per VM,
+    /// on a fresh dev cluster with libvirt.
+    Vm(BenchVmArgs),
+}
+
+/// `keel bench vm`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchVmArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub nodes: u32,
+    /// The guest disk every VM boots (`tests/guest/build.sh target/guest` builds it).
+    #[arg(long, default_value = "target/guest/disk.raw", value_name = "PATH")]
+    pub image: PathBuf,
+    /// Side-by-side runs of API create against `virsh create`.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// VMs created at once.
+    #[arg(long, default_value_t = 50)]
+    pub count: u32,
+    /// Memory of each VM.
+    #[arg(long, default_value = "64MiB")]
+    pub memory: String,
+    /// Seconds the concurrent VMs get to reach running.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// State directory of the benchmark's own dev cluster.
+    #[arg(long, default_value = "/var/lib/keel-bench-vm", value_name = "DIR")]
+    pub state: PathBuf,
+    /// Subnet of the benchmark's cluster.
+    #[arg(long, default_value = "10.77.251.0/24", value_parser = parse_cidr)]
+    pub subnet: Cidr,
+    /// Forward address of the benchmark's cluster.
+    #[arg(long, default_value = "127.0.0.1:18460")]
+    pub forward: SocketAddr,
+    /// The keeld binary [default: next to this keel, or KEEL_KEELD].
+    #[arg(long, env = "KEEL_KEELD", value_name = "PATH")]
+    pub keeld: Option<PathBuf>,
+    /// Output format.
+    #[command(flatten)]
+    pub out: OutputArg,
 }
 
 /// `keel bench api`.

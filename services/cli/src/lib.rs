@@ -81,6 +81,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = bench::cluster::run(&args).await?;
             output::print(args.out.output, &report, bench::cluster::render)?;
         }
+        Command::Bench(BenchCommand::Vm(args)) => {
+            let report = bench::vm::run(&args).await?;
+            output::print(args.out.output, &report, bench::vm::render)?;
+        }
         Command::Login(args) => commands::login::login(&target()?, &args).await?,
         other => {
             let target = target()?;
@@ -145,7 +149,10 @@ async fn api_command(client: &ApiClient, command: Command) -> anyhow::Result<()>
             let report = bench::api::run(client, a.writes, a.reads).await?;
             output::print(a.out.output, &report, bench::api::render)
         }
-        Command::Login(_) | Command::Dev(_) | Command::Bench(BenchCommand::Cluster(_)) => {
+        Command::Login(_)
+        | Command::Dev(_)
+        | Command::Bench(BenchCommand::Cluster(_))
+        | Command::Bench(BenchCommand::Vm(_)) => {
             anyhow::bail!("this command does not talk to the API through a session")
         }
     }

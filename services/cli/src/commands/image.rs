@@ -610,6 +610,35 @@ pub async fn import(client: &ApiClient, args: &ImageImportArgs) -> anyhow::Resul
     finish(client, name, args.wait, args.out.output).await
 }
 
+/// Creates image `name` from a local file, uploads it and waits until it is ready, printing
+/// nothing (for benchmarks and tools that report on their own).
+pub async fn import_quietly(
+    client: &ApiClient,
+    name: &Name,
+    path: &Path,
+    timeout: Duration,
+) -> anyhow::Result<Image> {
+    let len = file_len(path)?;
+    let checksum = checksum_file(path, len).await?;
+    let body = import_body(name, None, None, checksum);
+    let _: Image = client
+        .request(Method::POST, "/api/v1/images", Some(&body))
+        .await?;
+    upload_file(client, name, path, len).await?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let image: Image = client.get(&format!("/api/v1/images/{name}")).await?;
+        match image.status.phase {
+            ImagePhase::Ready => return Ok(image),
+            ImagePhase::Failed => bail!("image {name} failed: {}", image.status.message),
+            ImagePhase::Pending | ImagePhase::Importing if Instant::now() >= deadline => {
+                bail!("image {name} is not ready after {} s", timeout.as_secs())
+            }
+            ImagePhase::Pending | ImagePhase::Importing => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
 /// `keel image upload NAME PATH`.
 pub async fn upload(
     client: &ApiClient,

@@ -1114,6 +1114,29 @@ pub fn exec(state_dir: &Path, name: &str, command: &[String]) -> anyhow::Result<
     Err(err).context("running nsenter")
 }
 
+/// A command that runs `program` inside node `name`'s network and mount namespaces (for tools
+/// such as `virsh` that must talk to the node's own daemons).
+pub fn node_command(state_dir: &Path, name: &str, program: &str) -> anyhow::Result<Command> {
+    let paths = existing_paths(state_dir)?
+        .ok_or_else(|| anyhow!("{} does not exist", state_dir.display()))?;
+    let st = load_required(&paths)?;
+    let node = find_node(&st, name)?;
+    let ns = node
+        .netns
+        .as_deref()
+        .ok_or_else(|| anyhow!("{name} has no network namespace"))?;
+    let mnt = node
+        .mount_ns
+        .as_deref()
+        .ok_or_else(|| anyhow!("{name} has no mount namespace"))?;
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", host::netns_path(ns).display()))
+        .arg(format!("--mount={}", mnt.display()))
+        .arg("--")
+        .arg(program);
+    Ok(cmd)
+}
+
 /// What `keel dev status` prints.
 #[derive(Debug, Clone, Serialize)]
 pub struct DevStatus {
