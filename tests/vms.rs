@@ -1,7 +1,8 @@
 //! VMs end to end on a real 3-node dev cluster, every node with its own libvirt under TCG:
 //! create from an image, hard anti-affinity places three VMs on three nodes and refuses a
-//! fourth, each domain runs in its own node's hypervisor, stop/start converge, delete leaves
-//! no domain and no disk behind, and bad input gets a clear 4xx and creates nothing.
+//! fourth, each domain runs in its own node's hypervisor with its NIC plugged into the node's
+//! Open vSwitch bridge, stop/start converge, delete leaves no domain, disk, port or tap device
+//! behind, and bad input gets a clear 4xx and creates nothing.
 
 use std::process::Output;
 
@@ -35,6 +36,31 @@ fn virsh(dev: &DevCluster, node: &str, args: &[&str]) -> Result<String> {
     all.extend_from_slice(args);
     keel_tests::keel(&all)
 }
+
+/// Runs a command inside a node's namespaces.
+fn in_node(dev: &DevCluster, node: &str, args: &[&str]) -> Result<String> {
+    let state = dev.state.to_string_lossy().to_string();
+    let mut all = vec!["dev", "--state", &state, "exec", node, "--"];
+    all.extend_from_slice(args);
+    keel_tests::keel(&all)
+}
+
+/// The guest taps plugged into the node's bridge, and the tap devices that exist at all.
+fn taps(dev: &DevCluster, node: &str) -> Result<(Vec<String>, Vec<String>)> {
+    let ports = in_node(dev, node, &["ovs-vsctl", "list-ports", BRIDGE])?
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let links = in_node(dev, node, &["ip", "-o", "link", "show"])?
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
+        .filter(|n| n.starts_with("vnet"))
+        .collect();
+    Ok((ports, links))
+}
+
+const BRIDGE: &str = "br-vms";
 
 fn virsh_list(dev: &DevCluster, node: &str) -> Result<String> {
     virsh(dev, node, &["list", "--all", "--name"])
@@ -91,8 +117,20 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
         let name = format!("web{i}");
         ok(
             dev.cli(&[
-                "vm", "create", &name, "--image", "tiny", "--cpus", "1", "--memory", "128MiB",
-                "--group", "web", "--wait",
+                "vm",
+                "create",
+                &name,
+                "--image",
+                "tiny",
+                "--cpus",
+                "1",
+                "--memory",
+                "128MiB",
+                "--group",
+                "web",
+                "--network",
+                BRIDGE,
+                "--wait",
             ])?,
             "vm create",
         )?;
@@ -107,6 +145,13 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
             virsh_list(&dev, &node)?.lines().any(|l| l.trim() == name),
             "{name} not in {node}'s libvirt"
         );
+        // Its NIC is a tap on the node's bridge, with the MAC the VM's uid derives.
+        let (ports, links) = taps(&dev, &node)?;
+        assert_eq!(ports.len(), 1, "{name}: ports {ports:?}");
+        assert_eq!(links, ports, "{name}");
+        let iflist = virsh(&dev, &node, &["domiflist", &name])?;
+        assert!(iflist.contains(BRIDGE), "{iflist}");
+        assert!(iflist.contains("52:54:00:"), "{iflist}");
         nodes.push((name, node));
     }
     let mut distinct: Vec<&String> = nodes.iter().map(|(_, n)| n).collect();
@@ -164,6 +209,11 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
     ok(dev.cli(&["vm", "stop", &name, "--wait"])?, "vm stop")?;
     let state = virsh(&dev, &node, &["domstate", &name])?;
     assert!(state.contains("shut off"), "{state}");
+    assert_eq!(
+        taps(&dev, &node)?,
+        (vec![], vec![]),
+        "a stopped VM keeps no tap"
+    );
     ok(dev.cli(&["vm", "start", &name, "--wait"])?, "vm start")?;
     let state = virsh(&dev, &node, &["domstate", &name])?;
     assert!(state.contains("running"), "{state}");
@@ -181,6 +231,11 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
             .map(|e| e.file_name())
             .collect();
         assert!(left.is_empty(), "disks left on {node}: {left:?}");
+        assert_eq!(
+            taps(&dev, node)?,
+            (vec![], vec![]),
+            "ports or taps left on {node}"
+        );
     }
     let gone = api.call("GET", "/api/v1/vms/web1", None).await?;
     assert_eq!(gone.status, 404);

@@ -423,7 +423,7 @@ async fn reconcile(
         firmware: Firmware::Bios,
         boot: Boot::Disk,
         disks,
-        nics: Vec::new(),
+        nics: crate::network::prepare_nics(&vm).await?,
         vnc: None,
         guest_agent: true,
     };

@@ -30,6 +30,7 @@ pub mod join;
 pub mod leader;
 pub mod lifecycle;
 pub mod member;
+pub mod network;
 pub mod peer;
 pub mod pki;
 pub mod rpc;

@@ -6,6 +6,7 @@ pub mod forward;
 pub mod host;
 pub mod libvirt;
 pub mod ops;
+pub mod ovs;
 pub mod plan;
 pub mod procs;
 pub mod state;

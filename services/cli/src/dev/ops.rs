@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::host::{self, run};
 use super::libvirt;
+use super::ovs;
 use super::plan::{self, NodeAnswer, Subnet};
 use super::procs;
 use super::state::{self, DevNode, DevPaths, DevState, Forwarder, DEV_STATE_VERSION};
@@ -377,9 +378,15 @@ async fn start_libvirt(paths: &DevPaths, nodes: Vec<DevNode>) -> anyhow::Result<
         return Ok(());
     }
     let paths = paths.clone();
-    tokio::task::spawn_blocking(move || libvirt::start(&paths, &nodes, LIBVIRT_DEADLINE))
-        .await
-        .context("the libvirt starter")??;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        libvirt::start(&paths, &nodes, LIBVIRT_DEADLINE)?;
+        if ovs::installed() {
+            ovs::start(&paths, &nodes, LIBVIRT_DEADLINE)?;
+        }
+        Ok(())
+    })
+    .await
+    .context("the libvirt starter")??;
     Ok(())
 }
 
@@ -503,6 +510,12 @@ fn create_node(paths: &DevPaths, st: &mut DevState, name: &str) -> anyhow::Resul
     // start once every node exists (`libvirt::start`).
     if node.libvirt {
         libvirt::prepare(paths, &node, &subnet)?;
+        // A new node gets a new switch database (its old bridges and ports are gone).
+        let ovs_dir = ovs::dir(paths, name);
+        if ovs_dir.exists() {
+            fs::remove_dir_all(&ovs_dir)
+                .with_context(|| format!("removing {}", ovs_dir.display()))?;
+        }
         for (dir, target) in libvirt::binds(paths, name) {
             inside(&["mount", "--bind", &dir.to_string_lossy(), target])?;
         }
@@ -1085,6 +1098,9 @@ pub fn start(state_dir: &Path, name: &str) -> anyhow::Result<()> {
     // After `stop --kill` the hypervisor is down too; it answers before keeld starts.
     if node.libvirt {
         libvirt::start(&paths, std::slice::from_ref(node), LIBVIRT_DEADLINE)?;
+        if ovs::installed() {
+            ovs::start_node(&paths, node, LIBVIRT_DEADLINE)?;
+        }
     }
     start_keeld(&paths, &st, node)
 }
