@@ -169,6 +169,21 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
             );
         }
     }
+    // Usage: libvirt's counters of the running guest reach its status.
+    let usage = keel_tests::wait_until(
+        "web1's usage in its status",
+        std::time::Duration::from_secs(90),
+        || async {
+            let v = api.call("GET", "/api/v1/vms/web1", None).await?;
+            let u = v.body["status"]["usage"].clone();
+            let seen = u["memory_bytes"].as_u64().unwrap_or(0) > 0
+                && u["disk_read_bytes"].as_u64().unwrap_or(0) > 0;
+            Ok(seen.then_some(u))
+        },
+    )
+    .await?;
+    assert_eq!(usage["memory_bytes"], json!(128u64 << 20), "{usage}");
+
     let fourth = api
         .call("POST", "/api/v1/vms", Some(json!({"metadata": {"name": "web4"}, "spec": {"cpus": 1, "memory": "128MiB",
             "placement": {"group": "web"}, "disks": [{"name": "root", "source": {"type": "image", "image": "tiny"}}]}})))
