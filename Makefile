@@ -4,7 +4,7 @@ CARGO ?= cargo
 STATE ?= /var/lib/keel-dev
 NODES ?= 3
 
-.PHONY: demo test deps build build-release unit integration openapi bench bench-vm down clean-dev fmt lint
+.PHONY: demo test deps build build-release unit integration openapi bench bench-vm down clean-dev fmt lint image image-deps e2e
 
 # Host packages the dev cluster and the tests need (Debian 12).
 HOST_PKGS := iproute2 util-linux procps kmod ca-certificates pkg-config gcc make python3 \
@@ -54,6 +54,22 @@ bench: deps build-release
 bench-vm: deps build-release
 	tests/guest/build.sh target/guest
 	./target/release/keel bench vm --nodes 3 --image target/guest/disk.raw --state /tmp/keel-bench-vm
+
+# The appliance disk image (docs/IMAGE.md): target/image/keel.raw and keel.qcow2. Needs root.
+image-deps:
+	@missing=""; for p in $(shell cat image/APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+image: image-deps
+	$(CARGO) build --release -p keel-keeld -p keel-cli
+	image/build.sh
+
+# Three appliance VMs (QEMU, TCG) form a cluster from their seed disks; one reboots and rejoins.
+e2e: image
+	tests/e2e/run.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -60,6 +60,13 @@ pub struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
+    /// Appliance: without --answer-file, use STATE_DIR/answer.toml if present (see seed.rs).
+    #[arg(long)]
+    pub seed: bool,
+    /// Appliance first boot step: copy answer.toml from a KEEL-SEED filesystem to the state
+    /// directory, configure the management network and hostname, then exit.
+    #[arg(long)]
+    pub seed_only: bool,
 }
 
 /// What `GET /api/v1/health` reports.
@@ -109,6 +116,14 @@ impl Daemon {
 
 /// Runs keeld until SIGTERM/SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let args = if args.seed || args.seed_only {
+        crate::seed::apply(args.clone(), args.seed_only)?
+    } else {
+        args
+    };
+    if args.seed_only {
+        return Ok(());
+    }
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating state directory {}", args.state_dir.display()))?;
     let answer = match &args.answer_file {
@@ -173,6 +188,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     info!(listen = %args.api_listen, node = %name, "API listening");
+    crate::notify::ready(shutdown_rx.clone());
 
     let work = {
         let daemon = daemon.clone();
