@@ -244,6 +244,12 @@ pub enum VmCommand {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Attaches this terminal to a VM's serial console (detach with Ctrl-]).
+    Console {
+        /// VM name.
+        #[arg(value_parser = parse_name)]
+        name: Name,
+    },
     /// VM groups: affinity and anti-affinity rules.
     #[command(subcommand)]
     Group(VmGroupCommand),

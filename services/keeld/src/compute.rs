@@ -424,7 +424,7 @@ async fn reconcile(
         boot: Boot::Disk,
         disks,
         nics: crate::network::prepare_nics(&vm).await?,
-        vnc: None,
+        vnc: crate::console::domain_vnc(&name),
         guest_agent: true,
     };
     let want_running = vm.spec.power_state != PowerState::Stopped;

@@ -103,18 +103,26 @@ pub enum PeerError {
 #[derive(Debug, Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
+    tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 impl PeerClient {
     /// A client presenting the node's certificate and trusting only the cluster CA.
     pub fn new(tls: rustls::ClientConfig) -> Result<Self, reqwest::Error> {
+        let shared = std::sync::Arc::new(tls.clone());
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .build()?;
-        Ok(Self { http })
+        Ok(Self { http, tls: shared })
+    }
+
+    /// The mutual-TLS client configuration, for connections reqwest cannot make (the console
+    /// WebSocket to the node hosting a VM).
+    pub fn tls_config(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        self.tls.clone()
     }
 
     /// POSTs `body` as JSON to `https://{peer}{path}` and decodes the JSON answer.

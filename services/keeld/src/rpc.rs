@@ -121,6 +121,7 @@ pub fn routes(
         .or(join)
         .or(remove)
         .or(heartbeat)
+        .or(crate::console::peer_routes(host))
         .recover(|r: Rejection| async move {
             Ok::<_, Infallible>(warp::reply::with_status(
                 format!("{r:?}"),

@@ -1,6 +1,7 @@
 //! The API commands: each is a thin function from parsed arguments to requests and printing.
 
 pub mod cluster;
+pub mod console;
 pub mod events;
 pub mod image;
 pub mod login;

@@ -43,6 +43,7 @@ pub async fn run(client: &ApiClient, command: VmCommand) -> anyhow::Result<()> {
         VmCommand::Stop(args) => power(client, Action::Stop, &args).await,
         VmCommand::Reboot(args) => power(client, Action::Reboot, &args).await,
         VmCommand::Delete { name, wait } => delete(client, &name, wait).await,
+        VmCommand::Console { name } => super::console::run(client, &name).await,
         VmCommand::Group(VmGroupCommand::Create(args)) => group_create(client, &args).await,
         VmCommand::Group(VmGroupCommand::List(o)) => group_list(client, o.output).await,
         VmCommand::Group(VmGroupCommand::Delete { name }) => group_delete(client, &name).await,
