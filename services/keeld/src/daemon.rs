@@ -67,6 +67,10 @@ pub struct Args {
     /// directory, configure the management network and hostname, then exit.
     #[arg(long)]
     pub seed_only: bool,
+    /// Multiplies the Raft heartbeat, election and write timeouts (slow or emulated
+    /// machines, e.g. TCG test VMs); 1 is the LAN default.
+    #[arg(long, env = "KEEL_RAFT_TIMING_SCALE", default_value_t = 1)]
+    pub raft_timing_scale: u32,
 }
 
 /// What `GET /api/v1/health` reports.
@@ -377,12 +381,11 @@ async fn become_member(
     let client_cfg = tls::peer_client_config(&tls_files.ca, &tls_files.cert, &tls_files.key)?;
     let peers = PeerClient::new(client_cfg)?;
     let ids = IdentityDir::new(&args.state_dir);
-    let store = Store::open(
-        StoreConfig::new(ids.store_dir(), identity.id, identity.cluster.clone()),
-        PeerNetwork::new(peers.clone()),
-    )
-    .await
-    .context("opening the store")?;
+    let mut store_cfg = StoreConfig::new(ids.store_dir(), identity.id, identity.cluster.clone());
+    crate::seed::scale_timings(&mut store_cfg, args.raft_timing_scale);
+    let store = Store::open(store_cfg, PeerNetwork::new(peers.clone()))
+        .await
+        .context("opening the store")?;
     let me = NodeAddr {
         name: identity.name.clone(),
         peer: SocketAddr::new(identity.address.parse()?, args.peer_listen.port()).to_string(),

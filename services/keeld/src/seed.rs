@@ -25,6 +25,8 @@ use crate::daemon::Args;
 pub const SEED_LABEL: &str = "KEEL-SEED";
 /// Name of the answer file on the seed and in the state directory.
 pub const ANSWER_NAME: &str = "answer.toml";
+/// Optional keeld environment on the seed (`KEEL_*=value` lines, e.g. test tuning).
+pub const ENV_NAME: &str = "keeld.env";
 /// The systemd-networkd file written for the management network.
 pub const NETWORK_FILE: &str = "/run/systemd/network/10-keel-management.network";
 const SEED_MOUNT: &str = "/run/keel/seed";
@@ -48,9 +50,18 @@ pub fn find_seed_device() -> Option<PathBuf> {
     (out.status.success() && !dev.is_empty()).then(|| PathBuf::from(dev))
 }
 
-/// Mounts `dev` read-only at `dir` (vfat, then iso9660), reads `answer.toml`, unmounts.
-/// `Ok(None)`: the seed has no answer file.
-pub fn read_seed(dev: &Path, dir: &Path) -> anyhow::Result<Option<String>> {
+/// What a seed filesystem carries.
+#[derive(Debug, Default)]
+pub struct Seed {
+    /// `answer.toml`.
+    pub answer: Option<String>,
+    /// `keeld.env`.
+    pub env: Option<String>,
+}
+
+/// Mounts `dev` read-only at `dir` (vfat, then iso9660), reads `answer.toml` and
+/// `keeld.env`, unmounts.
+pub fn read_seed(dev: &Path, dir: &Path) -> anyhow::Result<Seed> {
     use nix::mount::{mount, umount2, MntFlags, MsFlags};
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -72,16 +83,65 @@ pub fn read_seed(dev: &Path, dir: &Path) -> anyhow::Result<Option<String>> {
             last.unwrap_or_default()
         );
     }
-    let path = dir.join(ANSWER_NAME);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    let read = |name: &str| {
+        let path = dir.join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+        }
     };
+    let seed = read(ANSWER_NAME).and_then(|answer| {
+        Ok(Seed {
+            answer,
+            env: read(ENV_NAME)?,
+        })
+    });
     if let Err(e) = umount2(dir, MntFlags::MNT_DETACH) {
         warn!(error = %e, dir = %dir.display(), "unmounting the seed");
     }
-    text
+    seed
+}
+
+/// Scales the store's Raft timings by `scale` (1 leaves the defaults).
+pub fn scale_timings(cfg: &mut keel_store::StoreConfig, scale: u32) {
+    let scale = scale.clamp(1, 100);
+    if scale > 1 {
+        cfg.heartbeat *= scale;
+        cfg.election_min *= scale;
+        cfg.election_max *= scale;
+        cfg.write_timeout *= scale;
+        info!(scale, "Raft timings scaled");
+    }
+}
+
+/// Copies `keeld.env` from the seed to `STATE_DIR/keeld.env` (read by keeld.service),
+/// keeping only `KEEL_*=value` lines; removes the stored one when the seed has none.
+pub fn store_env(state_dir: &Path, seed_text: Option<&str>) -> anyhow::Result<()> {
+    let path = state_dir.join(ENV_NAME);
+    match seed_text {
+        Some(text) => {
+            let kept: String = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    l.split_once('=').is_some_and(|(k, _)| {
+                        k.starts_with("KEEL_")
+                            && k.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                    })
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            write_if_changed(&path, &kept, 0o600)?;
+        }
+        None => {
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Validates `text` and stores it as the node's answer file (mode 0600). Returns whether
@@ -156,12 +216,16 @@ pub fn apply(mut args: Args, mount_seed: bool) -> anyhow::Result<Args> {
     if mount_seed {
         match find_seed_device() {
             Some(dev) => match read_seed(&dev, Path::new(SEED_MOUNT))? {
-                Some(text) => {
+                Seed {
+                    answer: Some(text),
+                    env,
+                } => {
                     if store_answer(&args.state_dir, &text)? {
                         info!(seed = %dev.display(), "answer file taken from the seed");
                     }
+                    store_env(&args.state_dir, env.as_deref())?;
                 }
-                None => {
+                Seed { answer: None, .. } => {
                     warn!(seed = %dev.display(), "the {SEED_LABEL} filesystem has no {ANSWER_NAME}")
                 }
             },
@@ -249,6 +313,32 @@ dns = ["10.77.20.1"]
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn env_keeps_only_keel_variables_and_goes_with_the_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        store_env(
+            dir.path(),
+            Some("KEEL_RAFT_TIMING_SCALE=10\nPATH=/evil\n# c\nLD_PRELOAD=x\n"),
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(dir.path().join(ENV_NAME)).unwrap();
+        assert_eq!(text, "KEEL_RAFT_TIMING_SCALE=10\n");
+        store_env(dir.path(), None).unwrap();
+        assert!(!dir.path().join(ENV_NAME).exists());
+    }
+
+    #[test]
+    fn timings_scale() {
+        let mut cfg = keel_store::StoreConfig::new("/x", 1, "c");
+        let before = cfg.clone();
+        scale_timings(&mut cfg, 1);
+        assert_eq!(cfg.election_max, before.election_max);
+        scale_timings(&mut cfg, 10);
+        assert_eq!(cfg.heartbeat, before.heartbeat * 10);
+        assert_eq!(cfg.election_min, before.election_min * 10);
+        assert_eq!(cfg.write_timeout, before.write_timeout * 10);
     }
 
     #[test]
