@@ -219,8 +219,14 @@ async fn consoles_reach_the_guest_through_another_node() -> Result<()> {
     assert!(t["expires_at"].is_string(), "{t}");
     let serial_url = t["serial_url"].as_str().context("serial_url")?.to_string();
     let vnc_url = t["vnc_url"].as_str().context("vnc_url")?.to_string();
+    let started = Instant::now();
     let (mut ws, _) = socket(open(&dev, &base, &serial_url, &[]).await?, "serial")?;
+    let upgraded = started.elapsed();
     let text = read_until(&mut ws, Duration::from_secs(60), |t| counters(t).len() >= 2).await?;
+    eprintln!(
+        "console: serial through another node upgraded in {upgraded:?}, two counter lines in {:?}",
+        started.elapsed()
+    );
     let seen = counters(&text);
     assert!(seen[1] > seen[0], "the counter advances: {text:?}");
     // Keys reach the guest (its shell ignores them; the console must stay up).
@@ -260,6 +266,22 @@ async fn consoles_reach_the_guest_through_another_node() -> Result<()> {
     let greeting = read_until(&mut vnc, Duration::from_secs(20), |t| t.len() >= 12).await?;
     assert_eq!(&greeting[..12], "RFB 003.008\n", "{greeting:?}");
     vnc.close(None).await?;
+
+    // Measured, not asserted: ticket → upgraded → RFB greeting through node3 and the peer
+    // channel to node2, a few times over.
+    let mut opens = Vec::new();
+    for _ in 0..5 {
+        let t = ticket(&api, "con1", Some(json!({"kind": "vnc"}))).await?;
+        let url = t["vnc_url"].as_str().context("vnc_url")?.to_string();
+        let started = Instant::now();
+        let (mut vnc, _) = socket(open(&dev, &base, &url, &[]).await?, "vnc")?;
+        let upgraded = started.elapsed();
+        read_until(&mut vnc, Duration::from_secs(20), |t| t.len() >= 12).await?;
+        opens.push((upgraded, started.elapsed()));
+        vnc.close(None).await?;
+    }
+    opens.sort();
+    eprintln!("console: VNC through another node, (upgraded, greeting) per open: {opens:?}");
 
     // A ticket for one console does not open the other; one for another VM opens nothing.
     let serial_only = ticket(&api, "con1", Some(json!({"kind": "serial"}))).await?;
