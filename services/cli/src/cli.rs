@@ -52,6 +52,9 @@ pub enum Command {
     /// Virtual machines and VM groups.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Long operations (migrations): progress and cancel.
+    #[command(subcommand)]
+    Task(crate::commands::lifecycle::TaskCommand),
     /// Streams changes as they happen, one JSON object per line.
     Events(EventsArgs),
     /// Prints the API's OpenAPI document.
@@ -129,7 +132,7 @@ pub enum NodeCommand {
         #[command(flatten)]
         out: OutputArg,
     },
-    /// Lets the scheduler place new VMs on a node again.
+    /// Lets the scheduler place new VMs on a node again (and ends maintenance).
     Uncordon {
         /// Node name.
         #[arg(value_parser = parse_name)]
@@ -138,6 +141,10 @@ pub enum NodeCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Puts a node into maintenance: cordoned, its VMs moved away (`--wait`: until empty).
+    Maintenance(crate::commands::lifecycle::MaintenanceArgs),
+    /// Ends a node's maintenance: it takes VMs again.
+    MaintenanceExit(crate::commands::lifecycle::MaintenanceArgs),
 }
 
 /// `--wait` and how long to wait, shared by the commands whose work is asynchronous.
@@ -235,6 +242,15 @@ pub enum VmCommand {
     Stop(VmPowerArgs),
     /// Reboots a VM (`--wait`: until its node has rebooted it and it runs).
     Reboot(VmPowerArgs),
+    /// Powers a VM off at once, without asking the guest (`--wait`: until it is stopped).
+    ForceStop(VmPowerArgs),
+    /// Pauses a VM's vCPUs (`--wait`: until its node has paused it).
+    Pause(VmPowerArgs),
+    /// Resumes a paused VM (`--wait`: until it runs again).
+    Resume(VmPowerArgs),
+    /// Live-migrates a running VM (or moves a stopped one) to another node; `--wait` shows
+    /// the task's progress until it is done.
+    Migrate(crate::commands::lifecycle::MigrateArgs),
     /// Deletes a VM and the disks made for it (`--wait`: until it is gone).
     Delete {
         /// VM name.
@@ -585,7 +601,7 @@ pub struct BenchClusterArgs {
     pub out: OutputArg,
 }
 
-fn parse_name(s: &str) -> Result<Name, String> {
+pub(crate) fn parse_name(s: &str) -> Result<Name, String> {
     Name::new(s).map_err(|e| e.message)
 }
 

@@ -126,6 +126,13 @@ async fn api_command(client: &ApiClient, command: Command) -> anyhow::Result<()>
         Command::Node(NodeCommand::Uncordon { name, out }) => {
             commands::node::cordon(client, &name, false, out.output).await
         }
+        Command::Node(NodeCommand::Maintenance(a)) => {
+            commands::lifecycle::maintenance(client, &a, true).await
+        }
+        Command::Node(NodeCommand::MaintenanceExit(a)) => {
+            commands::lifecycle::maintenance(client, &a, false).await
+        }
+        Command::Task(c) => commands::lifecycle::task(client, c).await,
         Command::Image(c) => commands::image::run(client, c).await,
         Command::Vm(c) => commands::vm::run(client, c).await,
         Command::Setting(SettingCommand::List(o)) => {

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use keel_model::{
     ClusterStatus, ErrorBody, Health, Image, ImageCreate, JoinRequest, JoinResponse, LoginRequest,
-    LoginResponse, Node, PowerState, RemoveNodeRequest, Setting, SettingKey, SettingValue,
-    ValidationError, Vm, VmCreate, VmGroup, VmGroupCreate, WatchEvent, WatchOp,
+    LoginResponse, Node, RemoveNodeRequest, Setting, SettingKey, SettingValue, ValidationError, Vm,
+    VmCreate, VmGroup, VmGroupCreate, WatchEvent, WatchOp,
 };
 use keel_store::{ChangeOp, Record, Request, Response};
 use serde::de::DeserializeOwned;
@@ -716,23 +716,15 @@ async fn delete_vm(name: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
     Ok(warp::reply::with_status(warp::reply::json(&vm), StatusCode::ACCEPTED).into_response())
 }
 
-/// Starts, stops or reboots a VM (sets its desired power state; its node converges).
+/// Starts, stops, forces off, reboots, pauses or resumes a VM (sets its desired power state,
+/// or asks for a one-shot action; its node converges). See also `POST /api/v1/vms/{name}/migrate`.
 #[utoipa::path(post, path = "/api/v1/vms/{name}/{action}", security(("bearer" = [])),
-    params(("name" = String, Path), ("action" = String, Path, description = "start | stop")),
-    responses((status = 202, body = Vm), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("name" = String, Path), ("action" = String, Path, description = "start | stop | force-stop | reboot | pause | resume")),
+    responses((status = 202, body = Vm), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
 async fn vm_action(name: String, action: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
     let (m, _) = authenticate(&ctx, authz).await?;
-    compute::vm_name(&name)?;
-    let state = match action.as_str() {
-        "start" => PowerState::Running,
-        "stop" => PowerState::Stopped,
-        other => {
-            return Err(ApiError::NotFound(format!(
-                "VM action {other:?} is not known; use start or stop"
-            )));
-        }
-    };
-    let vm = compute::update(&m, &name, |v| v.spec.power_state = state).await?;
+    let vm = crate::lifecycle::power_action(&m, &name, &action).await?;
     Ok(warp::reply::with_status(warp::reply::json(&vm), StatusCode::ACCEPTED).into_response())
 }
 
@@ -797,54 +789,19 @@ async fn delete_group(name: String, ctx: Ctx, authz: Option<String>) -> ApiResul
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Cordons (no new VMs are placed there) or uncordons a node.
+/// Cordons (no new VMs are placed there) or uncordons a node, or puts it into maintenance
+/// (cordoned, every VM moved away; `status.maintenance` tells how far) or out of it
+/// (`maintenance-exit`, or `uncordon`).
 #[utoipa::path(post, path = "/api/v1/nodes/{name}/{action}", security(("bearer" = [])),
-    params(("name" = String, Path), ("action" = String, Path, description = "cordon | uncordon")),
+    params(("name" = String, Path), ("action" = String, Path, description = "cordon | uncordon | maintenance | maintenance-exit")),
     responses((status = 200, body = Node), (status = 404, body = ErrorBody)))]
 async fn node_action(name: String, action: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
     let (m, _) = authenticate(&ctx, authz).await?;
-    let cordoned = match action.as_str() {
-        "cordon" => true,
-        "uncordon" => false,
-        other => {
-            return Err(ApiError::NotFound(format!(
-                "node action {other:?} is not known; use cordon or uncordon"
-            )))
-        }
-    };
-    for _ in 0..10 {
-        m.linearizable().await?;
-        let rec = m
-            .get(kinds::NODES, &name)?
-            .ok_or_else(|| ApiError::NotFound(format!("node {name} does not exist")))?;
-        let mut node = node_of(&rec)?;
-        node.spec.cordoned = cordoned;
-        let res = m
-            .write(Request::Put {
-                kind: kinds::NODES.into(),
-                name: name.clone(),
-                value: crate::member::encode(&node)?,
-                expected_version: Some(rec.version),
-            })
-            .await?;
-        match res {
-            Response::Written(rec) => {
-                info!(node = %name, cordoned, "node cordon changed");
-                return ok(&node_with_role(&m, &rec)?);
-            }
-            Response::Failed(keel_store::ApplyFailure::VersionConflict { .. }) => continue,
-            Response::Failed(f) => return Err(crate::member::apply_err(f)),
-            other => {
-                return Err(ApiError::Internal(format!(
-                    "unexpected store answer {other:?}"
-                )))
-            }
-        }
-    }
-    Err(ApiError::Conflict {
-        code: "version_conflict",
-        message: format!("node {name} keeps changing; retry"),
-    })
+    crate::lifecycle::node_action(&m, &name, &action).await?;
+    let rec = m
+        .get(kinds::NODES, &name)?
+        .ok_or_else(|| ApiError::NotFound(format!("node {name} does not exist")))?;
+    ok(&node_with_role(&m, &rec)?)
 }
 
 pub(crate) fn with_ctx(ctx: Ctx) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {

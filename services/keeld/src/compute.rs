@@ -18,13 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_model::{
-    set_condition, Condition, ConditionStatus, DiskSource, ImageFormat, Name, PowerState, Vm,
-    VmCreate, VmGroup, VmPhase,
+    set_condition, Condition, ConditionStatus, DiskSource, ImageFormat, Name, Vm, VmCreate,
+    VmGroup, VmPhase,
 };
 use keel_store::{Record, Request, Response};
-use keel_virt::{
-    Boot, CpuMode, DomainSpec, DomainState, DomainType, Firmware, Hypervisor, ShutdownMode,
-};
+use keel_virt::{Boot, CpuMode, DomainSpec, DomainType, Firmware, Hypervisor, ShutdownMode};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -316,6 +314,8 @@ pub async fn node_loop(m: Arc<Member>, host: Arc<Host>, mut shutdown: watch::Rec
                 warn!(vm = %name, error = %e, "reconcile failed; retrying next round");
             }
         }
+        // Domains no VM accounts for are reported in the node's status, never touched.
+        crate::lifecycle::report_unmanaged(&m, &hv).await;
     }
 }
 
@@ -333,6 +333,10 @@ async fn reconcile(
     vm: Vm,
 ) -> Result<(), String> {
     let name = vm.metadata.name.clone();
+    if vm.status.migration.is_some() {
+        // A migration (or an offline move) owns the VM until it ends: crate::migrate.
+        return Ok(());
+    }
     let h = hv.clone();
     let n = name.clone();
     let domain = blocking(move || h.domain(&n).ok()).await?;
@@ -368,9 +372,15 @@ async fn reconcile(
     }
     if domain.is_none() && matches!(vm.status.phase, VmPhase::Running) {
         warn!(vm = %name, "the VM's domain vanished from libvirt; marking it lost");
-        update(m, &name, |v| v.status.phase = VmPhase::Lost)
-            .await
-            .map_err(|e| e.to_string())?;
+        let me = m.identity.name.clone();
+        update(m, &name, |v| {
+            // Only if it is still ours and not moving: a migration may have ended meanwhile.
+            if v.status.node.as_deref() == Some(me.as_str()) && v.status.migration.is_none() {
+                v.status.phase = VmPhase::Lost;
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
         return Ok(());
     }
     // Disks.
@@ -426,8 +436,8 @@ async fn reconcile(
         nics: crate::network::prepare_nics(&vm).await?,
         vnc: crate::console::domain_vnc(&name),
         guest_agent: true,
+        serial_log: Some(crate::lifecycle::serial_log_path(&name)),
     };
-    let want_running = vm.spec.power_state != PowerState::Stopped;
     if domain.is_none() || vm.status.observed_version < vm.metadata.version {
         let h = hv.clone();
         let s = spec.clone();
@@ -435,15 +445,17 @@ async fn reconcile(
             .await?
             .map_err(|e| e.to_string())?;
     }
+    // One-shot actions (force off, reboot) first; crate::lifecycle decides, this executes.
+    let actions = crate::lifecycle::run_actions(hv, &vm).await?;
     let h = hv.clone();
     let n = name.clone();
     let state = blocking(move || h.domain(&n).map(|d| d.state))
         .await?
         .map_err(|e| e.to_string())?;
-    let phase = match (want_running, state) {
-        (true, DomainState::Running) => VmPhase::Running,
-        (true, DomainState::Paused) => VmPhase::Running,
-        (true, _) => {
+    let step = crate::lifecycle::power_step(vm.spec.power_state, state);
+    let phase = match step {
+        crate::lifecycle::PowerStep::Report(phase) => phase,
+        crate::lifecycle::PowerStep::Start => {
             let h = hv.clone();
             let n = name.clone();
             blocking(move || h.start(&n))
@@ -452,8 +464,26 @@ async fn reconcile(
             info!(vm = %name, "VM started");
             VmPhase::Starting
         }
-        (false, DomainState::Shutoff) | (false, DomainState::Crashed) => VmPhase::Stopped,
-        (false, _) => {
+        crate::lifecycle::PowerStep::Pause | crate::lifecycle::PowerStep::Resume => {
+            let pause = step == crate::lifecycle::PowerStep::Pause;
+            let h = hv.clone();
+            let n = name.clone();
+            blocking(move || if pause { h.suspend(&n) } else { h.resume(&n) })
+                .await?
+                .map_err(|e| e.to_string())?;
+            info!(vm = %name, paused = pause, "VM {}", if pause { "paused" } else { "resumed" });
+            VmPhase::Running
+        }
+        crate::lifecycle::PowerStep::ForceOff => {
+            let h = hv.clone();
+            let n = name.clone();
+            blocking(move || h.destroy(&n))
+                .await?
+                .map_err(|e| e.to_string())?;
+            info!(vm = %name, "paused VM powered off");
+            VmPhase::Stopped
+        }
+        crate::lifecycle::PowerStep::Stop => {
             // ACPI first; a guest that ignores it is forced off after a grace period.
             let stopping_long = vm.status.phase == VmPhase::Stopping
                 && vm
@@ -473,12 +503,33 @@ async fn reconcile(
             VmPhase::Stopping
         }
     };
-    if phase != vm.status.phase || vm.status.observed_version < vm.metadata.version {
+    let paused = crate::lifecycle::is_paused(vm.spec.power_state, state, step);
+    let was_paused = keel_model::find_condition(&vm.status.conditions, Condition::PAUSED)
+        .is_some_and(|c| c.status == ConditionStatus::True);
+    if phase != vm.status.phase
+        || vm.status.observed_version < vm.metadata.version
+        || actions != vm.status.actions
+        || paused != was_paused
+    {
         let version = vm.metadata.version;
+        let spec = vm.spec.clone();
         let now = crate::now_rfc3339();
         update(m, &name, |v| {
+            if v.status.migration.is_some() {
+                // A migration started meanwhile; it owns the status now.
+                return;
+            }
             v.status.phase = phase;
-            v.status.observed_version = version;
+            // This very write bumps the version by one: when the spec is still the one this
+            // round converged, the status reflects that next version too (else every status
+            // write would look like an unobserved change and start another round).
+            v.status.observed_version = if v.spec == spec {
+                v.metadata.version + 1
+            } else {
+                version
+            };
+            v.status.actions = actions;
+            crate::lifecycle::set_paused(&mut v.status.conditions, paused, &now);
             if phase == VmPhase::Stopping {
                 set_condition(
                     &mut v.status.conditions,

@@ -446,6 +446,15 @@ async fn become_member(
         host.clone(),
         daemon.shutdown.clone(),
     ));
+    tokio::spawn(crate::migrate::node_loop(
+        member.clone(),
+        host.clone(),
+        daemon.shutdown.clone(),
+    ));
+    tokio::spawn(crate::migrate::maintenance_loop(
+        member.clone(),
+        daemon.shutdown.clone(),
+    ));
     drop(discovery);
     info!(node = %identity.name, id = identity.id, "member");
     Ok(())

@@ -167,6 +167,9 @@ async fn liveness(member: &Member, leading_since: Instant) -> anyhow::Result<()>
                 address: keep.address,
                 api: keep.api,
                 last_heartbeat: keep.last_heartbeat,
+                // Written by keeld's own loops, not part of the inventory.
+                maintenance: keep.maintenance,
+                unmanaged_domains: keep.unmanaged_domains,
                 ..inv.clone()
             };
             changed = true;

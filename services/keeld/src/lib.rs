@@ -30,6 +30,7 @@ pub mod join;
 pub mod leader;
 pub mod lifecycle;
 pub mod member;
+pub mod migrate;
 pub mod notify;
 pub mod network;
 pub mod peer;

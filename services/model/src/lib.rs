@@ -41,7 +41,10 @@ pub use error::{ErrorBody, ErrorDetail, ValidationError};
 pub use event::{WatchEvent, WatchOp};
 pub use meta::Metadata;
 pub use name::Name;
-pub use node::{CpuInfo, DiskInfo, MemoryInfo, NicInfo, Node, NodeSpec, NodeStatus, Versions};
+pub use node::{
+    CpuInfo, DiskInfo, MaintenancePhase, MaintenanceStatus, MemoryInfo, NicInfo, Node, NodeSpec,
+    NodeStatus, Versions,
+};
 pub use setting::{Setting, SettingKey, SettingValue};
 
 // Virtual machines, images and local storage (issue 3).
@@ -72,7 +75,8 @@ pub use quantity::Bytes;
 pub use task::{ObjectRef, Percent, ResourceKind, Task, TaskKind, TaskPhase, TaskSpec, TaskStatus};
 pub use vm::{
     derived_mac, owned_volume_name, BootDevice, CloudInit, CpuModel, DiskSource, HaPolicy, HaSpec,
-    PowerState, Vm, VmCreate, VmDisk, VmNic, VmPhase, VmPlacement, VmSpec, VmStatus, VmUsage,
+    PowerState, Vm, VmActions, VmCreate, VmDisk, VmMigration, VmNic, VmPhase, VmPlacement, VmSpec,
+    VmStatus, VmUsage,
 };
 pub use vm_group::{
     GroupPolicy, GroupStrength, VmGroup, VmGroupCreate, VmGroupSpec, VmGroupStatus, VmGroupUpdate,

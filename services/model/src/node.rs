@@ -22,6 +22,10 @@ pub struct NodeSpec {
     /// No new workloads are placed on a cordoned node.
     #[serde(default)]
     pub cordoned: bool,
+    /// In maintenance: cordoned, and every VM is moved away (running ones live-migrated);
+    /// `status.maintenance` tells how far that has come.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub maintenance: bool,
 }
 
 /// What a node reports about itself, and what the leader observed.
@@ -63,6 +67,39 @@ pub struct NodeStatus {
     /// Software versions.
     #[serde(default)]
     pub versions: Versions,
+    /// How far emptying the node for maintenance has come (while `spec.maintenance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<MaintenanceStatus>,
+    /// Domains in the node's hypervisor that no VM of the store accounts for, by name.
+    /// Keel reports them and never touches them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmanaged_domains: Vec<String>,
+}
+
+/// How far emptying a node for maintenance has come.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MaintenanceStatus {
+    /// Where it is.
+    pub phase: MaintenancePhase,
+    /// VMs still bound to the node.
+    #[serde(default)]
+    pub vms_remaining: u32,
+    /// What it waits for, or why a VM cannot leave.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Where emptying a node stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MaintenancePhase {
+    /// VMs are being moved away.
+    #[default]
+    Evacuating,
+    /// Some VMs cannot leave (pinned, or no other node can take them); `message` says why.
+    Blocked,
+    /// No VM is bound to the node: it can be serviced.
+    Empty,
 }
 
 /// Processors of a node.

@@ -165,6 +165,21 @@ pub struct TaskStatus {
     /// When it finished, RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<String>,
+    /// The step it is at, in the words of its kind (a migration: `preparing`,
+    /// `destination-ready`, `transferring`, `switching-over`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub step: String,
+    /// Bytes moved so far, for tasks that move data.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_done: u64,
+    /// Bytes to move in all, as far as known (a live migration's total grows while it
+    /// re-sends memory the guest dirtied).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_total: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A whole percentage, 0 to 100.

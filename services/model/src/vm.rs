@@ -85,6 +85,52 @@ pub struct VmSpec {
     /// What happens when the VM's node fails.
     #[serde(default)]
     pub ha: HaSpec,
+    /// One-shot power actions asked through the API (reboot, force off); keeld bumps
+    /// these, clients never set them.
+    #[serde(default, skip_serializing_if = "VmActions::is_none")]
+    pub actions: VmActions,
+}
+
+/// One-shot power actions (`POST /api/v1/vms/{name}/reboot` and `.../force-stop`) as
+/// counters: the API bumps one in `spec.actions`, the VM's node carries the action out once
+/// and copies the counter into `status.actions`. Counters rather than flags, so that a
+/// request is neither lost nor repeated when a node restarts halfway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmActions {
+    /// Reboots asked for.
+    #[serde(default)]
+    pub reboot: u64,
+    /// Forced power-offs asked for.
+    #[serde(default)]
+    pub force_stop: u64,
+}
+
+impl VmActions {
+    /// No action was ever asked for.
+    pub fn is_none(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A live migration in progress, recorded on the VM while it runs (`status.migration`):
+/// its node's reconciler leaves the VM to the migration, and the destination does not
+/// touch it until the VM is bound there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmMigration {
+    /// The `Task` that drives it.
+    pub task: String,
+    /// The node the VM is moving to.
+    pub destination: String,
+    /// True when the VM was stopped: it moves started paused (its vCPUs never run) and is
+    /// shut off again on the destination.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
+    /// The destination's pool directory, written by the destination once the VM's disks
+    /// are ready there (the source maps its own pool's paths to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_pool: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -331,6 +377,12 @@ pub struct VmStatus {
     /// The `metadata.version` this status reflects; lags while a change is being applied.
     #[serde(default)]
     pub observed_version: u64,
+    /// The one-shot actions of `spec.actions` the node has carried out.
+    #[serde(default, skip_serializing_if = "VmActions::is_none")]
+    pub actions: VmActions,
+    /// The live migration under way, while phase is `migrating`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<VmMigration>,
 }
 
 /// Where a VM is in its life.
@@ -434,6 +486,7 @@ impl VmSpec {
             power_state: PowerState::default(),
             placement: VmPlacement::default(),
             ha: HaSpec::default(),
+            actions: VmActions::default(),
         }
     }
 
@@ -703,6 +756,7 @@ impl VmSpec {
         check("power_state", self.power_state != other.power_state);
         check("placement", self.placement != other.placement);
         check("ha", self.ha != other.ha);
+        check("actions", self.actions != other.actions);
         out
     }
 }

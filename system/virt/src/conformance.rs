@@ -69,6 +69,7 @@ impl Fixture {
             nics: Vec::new(),
             vnc: None,
             guest_agent: false,
+            serial_log: None,
         })
     }
 }
@@ -713,10 +714,31 @@ fn failed_migration_keeps_running(
         "migration to a missing daemon to fail".into()
     })?;
     expect_state(C, hv, n, DomainState::Running)?;
+    // No job runs once the migration has failed: no progress, and nothing to abort.
+    match hv.job_progress(n) {
+        Ok(None) => {}
+        other => return Err(fail(C, format!("job_progress: expected no job, got {other:?}"))),
+    }
+    match hv.abort_job(n) {
+        Err(HypervisorError::InvalidState { .. }) => {}
+        other => return Err(fail(C, format!("abort_job without a job: expected InvalidState, got {other:?}"))),
+    }
+    expect_state(C, hv, n, DomainState::Running)?;
+    expect_ok(C, "destroy", hv.destroy(n))?;
+    // Started paused (how a stopped VM moves): paused at once, and resumable.
+    expect_ok(C, "start_paused", hv.start_paused(n))?;
+    expect_state(C, hv, n, DomainState::Paused)?;
+    expect_ok(C, "resume", hv.resume(n))?;
+    expect_state(C, hv, n, DomainState::Running)?;
     expect_ok(C, "destroy", hv.destroy(n))?;
     expect_ok(C, "undefine", hv.undefine(n))?;
-    expect_missing(C, hv, n)
+    expect_missing(C, hv, n)?;
+    match hv.job_progress(n) {
+        Err(HypervisorError::NotFound { .. }) => Ok(()),
+        other => Err(fail(C, format!("job_progress of a missing domain: expected NotFound, got {other:?}"))),
+    }
 }
+
 
 #[cfg(test)]
 mod tests {
@@ -777,6 +799,9 @@ mod tests {
             fn start(&self, n: &str) -> Result<(), HypervisorError> {
                 self.0.start(n)
             }
+            fn start_paused(&self, n: &str) -> Result<(), HypervisorError> {
+                self.0.start_paused(n)
+            }
             fn shutdown(&self, n: &str, m: ShutdownMode) -> Result<(), HypervisorError> {
                 self.0.shutdown(n, m)
             }
@@ -806,6 +831,15 @@ mod tests {
             }
             fn open_console(&self, n: &str) -> Result<Box<dyn crate::Console>, HypervisorError> {
                 self.0.open_console(n)
+            }
+            fn job_progress(
+                &self,
+                n: &str,
+            ) -> Result<Option<crate::JobProgress>, HypervisorError> {
+                self.0.job_progress(n)
+            }
+            fn abort_job(&self, n: &str) -> Result<(), HypervisorError> {
+                self.0.abort_job(n)
             }
         }
         let err = run_all(

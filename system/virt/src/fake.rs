@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::{
     Capabilities, Console, ConsoleError, DomainInfo, DomainSpec, DomainState, DomainType,
-    Hypervisor, HypervisorError, KvmStatus, MigrateOptions, Op, ShutdownMode,
+    Hypervisor, HypervisorError, JobProgress, KvmStatus, MigrateOptions, Op, ShutdownMode,
 };
 
 /// One fake host.
@@ -222,6 +222,14 @@ impl Hypervisor for FakeHypervisor {
         })
     }
 
+    fn start_paused(&self, name: &str) -> Result<(), HypervisorError> {
+        self.with_domain(name, Op::Start, &[DomainState::Shutoff], |d| {
+            d.state = DomainState::Paused;
+            d.boot += 1;
+            d.console_out.clear();
+        })
+    }
+
     fn shutdown(&self, name: &str, mode: ShutdownMode) -> Result<(), HypervisorError> {
         self.with_domain(name, Op::Shutdown, ACTIVE, |d| {
             // The fake guest runs an agent whenever the domain has the channel for one.
@@ -310,6 +318,20 @@ impl Hypervisor for FakeHypervisor {
         }
         dest_host.domains.insert(name.into(), dom);
         Ok(())
+    }
+
+    fn job_progress(&self, name: &str) -> Result<Option<JobProgress>, HypervisorError> {
+        // Fake migrations finish inside `migrate`, so no job is ever seen running.
+        self.with_domain(name, Op::Inspect, &ALL, |_| None)
+    }
+
+    fn abort_job(&self, name: &str) -> Result<(), HypervisorError> {
+        let state = self.with_domain(name, Op::Migrate, &ALL, |d| d.state)?;
+        Err(HypervisorError::InvalidState {
+            name: name.into(),
+            op: Op::Migrate,
+            state,
+        })
     }
 
     fn open_console(&self, name: &str) -> Result<Box<dyn Console>, HypervisorError> {

@@ -1,6 +1,7 @@
 //! [`Hypervisor`]: the seam between Keel and whatever runs its VMs.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -46,6 +47,10 @@ pub trait Hypervisor: Send + Sync {
     /// Starts a defined, shut-off domain.
     fn start(&self, name: &str) -> Result<(), HypervisorError>;
 
+    /// Starts a defined, shut-off domain with its vCPUs paused (they never ran): how a
+    /// stopped VM is moved with a live migration.
+    fn start_paused(&self, name: &str) -> Result<(), HypervisorError>;
+
     /// Asks the guest to power off.
     fn shutdown(&self, name: &str, mode: ShutdownMode) -> Result<(), HypervisorError>;
 
@@ -80,6 +85,14 @@ pub trait Hypervisor: Send + Sync {
     /// Attaches to the serial console of a running domain, taking it over from any other
     /// client.
     fn open_console(&self, name: &str) -> Result<Box<dyn Console>, HypervisorError>;
+
+    /// Progress of the domain's current job (a live migration started by
+    /// [`migrate`](Self::migrate) on another thread), or `None` when no job runs.
+    fn job_progress(&self, name: &str) -> Result<Option<JobProgress>, HypervisorError>;
+
+    /// Aborts the domain's current job: a live migration stops and the domain keeps running
+    /// here. [`HypervisorError::InvalidState`] when no job runs.
+    fn abort_job(&self, name: &str) -> Result<(), HypervisorError>;
 }
 
 /// What Keel knows about one domain.
@@ -146,6 +159,24 @@ pub enum ShutdownMode {
     GuestAgent,
 }
 
+/// How far a domain's job (a live migration) has come, from libvirt's job statistics. Totals
+/// grow while a live migration re-sends memory the guest dirtied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobProgress {
+    /// Bytes to move in all (memory and disks).
+    pub data_total: u64,
+    /// Bytes moved so far.
+    pub data_processed: u64,
+    /// Bytes still to move.
+    pub data_remaining: u64,
+    /// Of those, disk bytes to copy (copy storage), and copied so far.
+    pub disk_total: u64,
+    /// Disk bytes copied so far.
+    pub disk_processed: u64,
+    /// How long the job has run.
+    pub elapsed: Duration,
+}
+
 /// Where and how to live-migrate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrateOptions {
@@ -160,6 +191,13 @@ pub struct MigrateOptions {
     pub copy_storage: bool,
     /// Longest pause allowed for the final switch-over.
     pub max_downtime: Option<Duration>,
+    /// Directories whose files the destination keeps elsewhere (`(here, there)`): every file
+    /// of the domain under `here` (disks, their backing images) is at the same relative path
+    /// under `there` on the destination, e.g. when each host has its own pool directory.
+    pub path_map: Vec<(PathBuf, PathBuf)>,
+    /// Cap on the migration's bandwidth in MiB/s (memory and copied disks); none: as fast
+    /// as the network allows.
+    pub bandwidth_mib: Option<u64>,
 }
 
 impl MigrateOptions {
@@ -170,6 +208,8 @@ impl MigrateOptions {
             migrate_uri: None,
             copy_storage: false,
             max_downtime: None,
+            path_map: Vec::new(),
+            bandwidth_mib: None,
         }
     }
 }

@@ -69,7 +69,9 @@ pub use console::{Console, ConsoleError};
 pub use error::{HypervisorError, Op};
 #[cfg(any(test, feature = "fake"))]
 pub use fake::FakeHypervisor;
-pub use hypervisor::{DomainInfo, DomainState, Hypervisor, MigrateOptions, ShutdownMode};
+pub use hypervisor::{
+    DomainInfo, DomainState, Hypervisor, JobProgress, MigrateOptions, ShutdownMode,
+};
 pub use kvm_probe::{KvmProbe, KvmStatus};
 pub use libvirt::Libvirt;
 pub use spec::{

@@ -55,6 +55,7 @@ fn guest_spec(name: &str, boot: Boot, disks: Vec<Disk>) -> Result<DomainSpec> {
         nics: Vec::new(),
         vnc: None,
         guest_agent: false,
+        serial_log: None,
     })
 }
 

@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod console;
 pub mod events;
 pub mod image;
+pub mod lifecycle;
 pub mod login;
 pub mod node;
 pub mod setting;

@@ -192,6 +192,7 @@ mod tests {
                     addresses: vec!["10.77.0.11/24".into()],
                 }],
                 versions: Default::default(),
+                ..Default::default()
             },
         }
     }

@@ -42,6 +42,10 @@ pub async fn run(client: &ApiClient, command: VmCommand) -> anyhow::Result<()> {
         VmCommand::Start(args) => power(client, Action::Start, &args).await,
         VmCommand::Stop(args) => power(client, Action::Stop, &args).await,
         VmCommand::Reboot(args) => power(client, Action::Reboot, &args).await,
+        VmCommand::ForceStop(args) => power(client, Action::ForceStop, &args).await,
+        VmCommand::Pause(args) => power(client, Action::Pause, &args).await,
+        VmCommand::Resume(args) => power(client, Action::Resume, &args).await,
+        VmCommand::Migrate(args) => super::lifecycle::migrate(client, &args).await,
         VmCommand::Delete { name, wait } => delete(client, &name, wait).await,
         VmCommand::Console { name } => super::console::run(client, &name).await,
         VmCommand::Group(VmGroupCommand::Create(args)) => group_create(client, &args).await,
@@ -133,6 +137,12 @@ pub enum Action {
     Stop,
     /// `reboot`.
     Reboot,
+    /// `force-stop`.
+    ForceStop,
+    /// `pause`.
+    Pause,
+    /// `resume`.
+    Resume,
 }
 
 impl Action {
@@ -142,6 +152,9 @@ impl Action {
             Action::Start => "start",
             Action::Stop => "stop",
             Action::Reboot => "reboot",
+            Action::ForceStop => "force-stop",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
         }
     }
 
@@ -151,7 +164,8 @@ impl Action {
         let (phase, strict) = match self {
             Action::Start => (VmPhase::Running, false),
             Action::Stop => (VmPhase::Stopped, false),
-            Action::Reboot => (VmPhase::Running, true),
+            Action::Reboot | Action::Pause | Action::Resume => (VmPhase::Running, true),
+            Action::ForceStop => (VmPhase::Stopped, false),
         };
         WaitFor {
             phase,

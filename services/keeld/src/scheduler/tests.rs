@@ -700,7 +700,10 @@ fn inputs_from_model_resources() {
             name: "node2".into(),
             ..Metadata::default()
         },
-        spec: NodeSpec { cordoned: true },
+        spec: NodeSpec {
+            cordoned: true,
+            ..Default::default()
+        },
         status: NodeStatus::default(),
     };
     n.status.state = NodeState::Ready;

@@ -92,6 +92,7 @@ fn json_round_trips_canonically() {
                 ..VmUsage::default()
             },
             observed_version: 3,
+            ..VmStatus::default()
         },
     };
     let json = serde_json::to_value(&vm).unwrap();

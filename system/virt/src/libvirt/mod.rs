@@ -13,7 +13,7 @@ use virt::sys;
 use crate::xml::{parse_keel_metadata, KEEL_METADATA_NS};
 use crate::{
     Capabilities, Console, DomainInfo, DomainSpec, DomainState, DomainType, Hypervisor,
-    HypervisorError, KvmProbe, KvmStatus, MigrateOptions, Op, ShutdownMode,
+    HypervisorError, JobProgress, KvmProbe, KvmStatus, MigrateOptions, Op, ShutdownMode,
 };
 
 use console::LibvirtConsole;
@@ -226,6 +226,14 @@ impl Hypervisor for Libvirt {
         Ok(())
     }
 
+    fn start_paused(&self, name: &str) -> Result<(), HypervisorError> {
+        let (dom, _) = self.require(name, Op::Start, &[DomainState::Shutoff])?;
+        dom.create_with_flags(sys::VIR_DOMAIN_START_PAUSED)
+            .map_err(|e| self.classify(Op::Start, name, e))?;
+        tracing::info!(domain = name, "domain started paused");
+        Ok(())
+    }
+
     fn shutdown(&self, name: &str, mode: ShutdownMode) -> Result<(), HypervisorError> {
         let (dom, _) = self.require(name, Op::Shutdown, ACTIVE)?;
         let flags = match mode {
@@ -353,14 +361,58 @@ impl Hypervisor for Libvirt {
         if options.copy_storage {
             flags |= sys::VIR_MIGRATE_NON_SHARED_DISK;
         }
-        let params = MigrateParameters {
+        let mut params = MigrateParameters {
             uri: options.migrate_uri.clone(),
+            bandwidth: options.bandwidth_mib,
             ..MigrateParameters::default()
         };
+        if !options.path_map.is_empty() {
+            // The destination's definition: this domain's, with its files where the
+            // destination keeps them.
+            let xml = dom
+                .get_xml_desc(sys::VIR_DOMAIN_XML_MIGRATABLE)
+                .map_err(|e| self.classify(Op::Migrate, name, e))?;
+            let xml = crate::xml::map_paths(&xml, &options.path_map);
+            params.dest_xml = Some(xml.clone());
+            params.persist_xml = Some(xml);
+        }
         tracing::info!(domain = name, dest = %options.dest_uri, copy_storage = options.copy_storage, "migrating domain");
         dom.migrate_to_uri3(Some(&options.dest_uri), params, flags)
             .map_err(|e| self.classify(Op::Migrate, name, e))?;
         tracing::info!(domain = name, dest = %options.dest_uri, "domain migrated");
+        Ok(())
+    }
+
+    fn job_progress(&self, name: &str) -> Result<Option<JobProgress>, HypervisorError> {
+        let dom = self.lookup(name, Op::Inspect)?;
+        // virDomainGetJobInfo, not ...GetJobStats: the `virt` crate's wrapper of the latter
+        // builds a Vec from libvirt's pointer, which is null when no job runs.
+        let stats = dom
+            .get_job_info()
+            .map_err(|e| self.classify(Op::Inspect, name, e))?;
+        if stats.r#type == sys::VIR_DOMAIN_JOB_NONE as i32 {
+            return Ok(None);
+        }
+        Ok(Some(JobProgress {
+            data_total: stats.data_total.unwrap_or(0),
+            data_processed: stats.data_processed.unwrap_or(0),
+            data_remaining: stats.data_remaining.unwrap_or(0),
+            disk_total: stats.disk_total.unwrap_or(0),
+            disk_processed: stats.disk_processed.unwrap_or(0),
+            elapsed: std::time::Duration::from_millis(stats.time_elapsed.unwrap_or(0)),
+        }))
+    }
+
+    fn abort_job(&self, name: &str) -> Result<(), HypervisorError> {
+        let dom = self.lookup(name, Op::Migrate)?;
+        // SAFETY: `dom` is a valid domain handle for the whole call (it is dropped after);
+        // virDomainAbortJob only reads it and reports failure through its return value and
+        // libvirt's thread-local last error, read right after.
+        let ret = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
+        if ret == -1 {
+            return Err(self.classify(Op::Migrate, name, virt::error::Error::last_error()));
+        }
+        tracing::info!(domain = name, "domain job aborted");
         Ok(())
     }
 

@@ -61,6 +61,11 @@ pub struct DomainSpec {
     /// Add the virtio-serial channel qemu-guest-agent talks on.
     #[serde(default)]
     pub guest_agent: bool,
+    /// A file on the host that keeps everything the guest writes to its serial console
+    /// (appended, rotated by virtlogd); none when absent. The path is the hypervisor host's:
+    /// after a live migration the destination writes to the same path on its own host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_log: Option<PathBuf>,
 }
 
 /// How the domain's CPU is provided.
@@ -157,6 +162,9 @@ impl DomainSpec {
                 other: "domain_type".into(),
                 reason: "host-passthrough needs KVM; under TCG name a model such as qemu64",
             });
+        }
+        if let Some(log) = &self.serial_log {
+            host_path("serial_log", log)?;
         }
         match &self.boot {
             Boot::Kernel {

@@ -21,6 +21,7 @@ fn base() -> DomainSpec {
         nics: vec![],
         vnc: None,
         guest_agent: false,
+        serial_log: None,
     }
 }
 

@@ -127,7 +127,7 @@ pub(super) struct Devices<'a> {
     pub disk: Vec<Disk<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub interface: Vec<Interface<'a>>,
-    pub serial: Serial,
+    pub serial: Serial<'a>,
     pub console: Console,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub channel: Option<Channel>,
@@ -235,10 +235,20 @@ pub(super) struct TypeOnly {
 }
 
 #[derive(Serialize)]
-pub(super) struct Serial {
+pub(super) struct Serial<'a> {
     #[serde(rename = "@type")]
     pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<SerialLog<'a>>,
     pub target: SerialTarget,
+}
+
+#[derive(Serialize)]
+pub(super) struct SerialLog<'a> {
+    #[serde(rename = "@file")]
+    pub file: &'a str,
+    #[serde(rename = "@append")]
+    pub append: &'static str,
 }
 
 #[derive(Serialize)]

@@ -156,6 +156,11 @@ fn build(spec: &DomainSpec) -> Result<domain::Domain<'_>, XmlError> {
         })
         .collect();
 
+    let serial_log = match &spec.serial_log {
+        Some(p) => Some(utf8("serial_log", p)?),
+        None => None,
+    };
+
     let graphics = match &spec.vnc {
         None => None,
         Some(Vnc::Socket { path }) => Some(x::Graphics {
@@ -213,6 +218,7 @@ fn build(spec: &DomainSpec) -> Result<domain::Domain<'_>, XmlError> {
             interface: interfaces,
             serial: x::Serial {
                 kind: "pty",
+                log: serial_log.map(|file| x::SerialLog { file, append: "on" }),
                 target: x::SerialTarget { port: 0 },
             },
             console: x::Console {
@@ -254,6 +260,22 @@ struct KeelVmIn {
     uid: Uuid,
 }
 
+/// `xml` (as libvirt formats a domain) with every attribute value that is a path under one
+/// of `map`'s directories moved to the paired directory. Only whole attribute values that
+/// start with the directory and a `/` change, in either quoting style.
+pub(crate) fn map_paths(xml: &str, map: &[(std::path::PathBuf, std::path::PathBuf)]) -> String {
+    let mut out = xml.to_string();
+    for (from, to) in map {
+        let from =
+            quick_xml::escape::escape(from.to_string_lossy().trim_end_matches('/')).into_owned();
+        let to = quick_xml::escape::escape(to.to_string_lossy().trim_end_matches('/')).into_owned();
+        for q in ['\'', '"'] {
+            out = out.replace(&format!("={q}{from}/"), &format!("={q}{to}/"));
+        }
+    }
+    out
+}
+
 /// Reads the Keel VM uid out of the metadata element libvirt returns.
 pub(crate) fn parse_keel_metadata(xml: &str) -> Result<Uuid, XmlError> {
     let vm: KeelVmIn = quick_xml::de::from_str(xml).map_err(|source| XmlError::Parse {
@@ -261,4 +283,29 @@ pub(crate) fn parse_keel_metadata(xml: &str) -> Result<Uuid, XmlError> {
         source,
     })?;
     Ok(vm.uid)
+}
+
+#[cfg(test)]
+mod map_paths_tests {
+    use std::path::PathBuf;
+
+    #[test]
+    fn moves_whole_paths_under_the_directory_only() {
+        let xml = "<disk><source file='/a/pool/volumes/vm-root.qcow2'/>\
+                   <backingStore><source file=\"/a/pool/images/tiny\"/></backingStore></disk>\
+                   <log file='/var/log/x.log'/><x file='/a/poolish/y'/><t>/a/pool/z</t>";
+        let map = vec![(PathBuf::from("/a/pool/"), PathBuf::from("/b/pool"))];
+        let out = super::map_paths(xml, &map);
+        assert!(
+            out.contains("file='/b/pool/volumes/vm-root.qcow2'"),
+            "{out}"
+        );
+        assert!(out.contains("file=\"/b/pool/images/tiny\""), "{out}");
+        assert!(out.contains("file='/var/log/x.log'"), "{out}");
+        assert!(out.contains("file='/a/poolish/y'"), "{out}");
+        assert!(
+            out.contains("<t>/a/pool/z</t>"),
+            "text is left alone: {out}"
+        );
+    }
 }
