@@ -189,22 +189,6 @@ async fn consoles_reach_the_guest_through_another_node() -> Result<()> {
         "vm show",
     )?)?;
     assert_eq!(show["status"]["node"], "node2", "{show}");
-    // libvirt locks a pty console with a file in /var/lock (= /run/lock), which the dev
-    // cluster's private /run of each node lacks (an installed node has it from systemd).
-    for node in ["node1", "node2", "node3"] {
-        let state = dev.state.to_string_lossy().to_string();
-        keel_tests::keel(&[
-            "dev",
-            "--state",
-            &state,
-            "exec",
-            node,
-            "--",
-            "mkdir",
-            "-p",
-            "/run/lock",
-        ])?;
-    }
     // Everything below goes through node3's API; the guest runs on node2.
     let base = dev.api_of("node3")?;
     let api = dev.client(&base).await?;

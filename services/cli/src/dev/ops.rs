@@ -493,6 +493,9 @@ fn create_node(paths: &DevPaths, st: &mut DevState, name: &str) -> anyhow::Resul
         "keel-run",
         "/run",
     ])?;
+    // What systemd's tmpfiles would make on a real host: libvirt locks pty consoles in
+    // /var/lock (= /run/lock).
+    inside(&["mkdir", "-p", "-m", "1777", "/run/lock"])?;
     // The node's own sysfs hides the host's /sys/fs/cgroup, whose mounts libvirt (and QEMU)
     // still find in mountinfo: park the host's cgroup tree on /run, mount sysfs, move it back.
     let cgroup = Path::new(CGROUP_ROOT);
