@@ -179,7 +179,7 @@ rm -f "$root/etc/libvirt/qemu/networks/autostart/default.xml"
 bind_chroot "$root"
 chroot "$root" /bin/sh -c '
 	set -e
-	systemctl enable systemd-networkd.service keeld.service keel-issue.service keel-grow-data.service >/dev/null 2>&1
+	systemctl enable systemd-networkd.service keeld.service keel-issue.service keel-grow-data.service keel-boot-report.service >/dev/null 2>&1
 	systemctl disable apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer >/dev/null 2>&1 || true
 	systemctl mask systemd-networkd-wait-online.service >/dev/null 2>&1 || true
 	passwd -l root >/dev/null
