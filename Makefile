@@ -40,9 +40,11 @@ unit:
 integration: build
 	$(CARGO) test -p keel-tests -- --test-threads=1
 
-# Everything: unit tests, the OpenAPI check, and the dev-cluster integration tests (needs root).
-test: deps build
+# Everything: unit tests, the OpenAPI check, the dev-cluster integration tests (needs root),
+# and the appliance end to end (three QEMU VMs from the built image; see tests/e2e/run.sh).
+test: deps image-deps build
 	$(CARGO) test --workspace -- --test-threads=2
+	$(MAKE) e2e
 
 openapi:
 	KEEL_BLESS=1 $(CARGO) test -p keel-keeld openapi_document_is_checked_in
@@ -64,7 +66,7 @@ image-deps:
 	fi
 
 image: image-deps
-	$(CARGO) build --release -p keel-keeld -p keel-cli
+	$(CARGO) build --release -p keel-keeld -p keel-cli -p keel-installer
 	image/build.sh
 
 # Three appliance VMs (QEMU, TCG) form a cluster from their seed disks; one reboots and rejoins.
