@@ -52,6 +52,12 @@ pub enum Command {
     /// Virtual machines and VM groups.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Storage pools (each node's local pool) and their space.
+    #[command(subcommand)]
+    Pool(crate::commands::storage::PoolCommand),
+    /// Volumes: VM disks and standalone virtual disks.
+    #[command(subcommand)]
+    Volume(crate::commands::storage::VolumeCommand),
     /// Long operations (migrations): progress and cancel.
     #[command(subcommand)]
     Task(crate::commands::lifecycle::TaskCommand),
@@ -256,10 +262,18 @@ pub enum VmCommand {
         /// VM name.
         #[arg(value_parser = parse_name)]
         name: Name,
+        /// Keep the VM's disks as standalone volumes.
+        #[arg(long)]
+        keep_disks: bool,
         /// Waiting.
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Snapshots of a VM's disks.
+    #[command(subcommand)]
+    Snapshot(crate::commands::storage::SnapshotCommand),
+    /// Creates a VM with copies of a stopped VM's (or a template's) disks.
+    Clone(crate::commands::storage::VmCloneArgs),
     /// Attaches this terminal to a VM's serial console (detach with Ctrl-]).
     Console {
         /// VM name.
@@ -278,14 +292,22 @@ pub struct VmCreateArgs {
     #[arg(value_parser = parse_name)]
     pub name: Name,
     /// The image the root disk is made from.
-    #[arg(long, value_parser = parse_name)]
-    pub image: Name,
+    #[arg(long, value_parser = parse_name, required_unless_present = "from_template")]
+    pub image: Option<Name>,
+    /// Make the VM from this template (a clone of its disks); --cpus and --memory are taken
+    /// from the template.
+    #[arg(long, value_parser = parse_name, conflicts_with_all = ["image", "disk"])]
+    pub from_template: Option<Name>,
     /// Virtual CPUs.
-    #[arg(long)]
-    pub cpus: u32,
+    #[arg(
+        long,
+        required_unless_present = "from_template",
+        conflicts_with = "from_template"
+    )]
+    pub cpus: Option<u32>,
     /// Memory: 256MiB, 2GiB, 1G (powers of 1024).
-    #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
-    pub memory: Bytes,
+    #[arg(long, value_parser = parse_bytes, value_name = "SIZE", required_unless_present = "from_template", conflicts_with = "from_template")]
+    pub memory: Option<Bytes>,
     /// Size of the root disk [default: the image's virtual size].
     #[arg(long, value_parser = parse_bytes, value_name = "SIZE")]
     pub disk: Option<Bytes>,
@@ -893,9 +915,9 @@ mod tests {
             panic!("not create")
         };
         assert_eq!(a.name.as_str(), "web");
-        assert_eq!(a.image.as_str(), "debian");
-        assert_eq!(a.cpus, 2);
-        assert_eq!(a.memory, Bytes::from_mib(256));
+        assert_eq!(a.image.as_ref().map(|i| i.as_str()), Some("debian"));
+        assert_eq!(a.cpus, Some(2));
+        assert_eq!(a.memory, Some(Bytes::from_mib(256)));
         assert_eq!(a.disk, Some(Bytes::from_gib(2)));
         assert_eq!(a.node.as_ref().map(Name::as_str), Some("node2"));
         assert_eq!(a.group.as_ref().map(Name::as_str), Some("front"));
@@ -954,7 +976,7 @@ mod tests {
         let cli = parse(&["vm", "delete", "web", "--wait"]).unwrap();
         assert!(matches!(
             cli.command,
-            Command::Vm(VmCommand::Delete { ref name, wait }) if name.as_str() == "web" && wait.wait
+            Command::Vm(VmCommand::Delete { ref name, wait, .. }) if name.as_str() == "web" && wait.wait
         ));
     }
 

@@ -135,6 +135,8 @@ async fn api_command(client: &ApiClient, command: Command) -> anyhow::Result<()>
         Command::Task(c) => commands::lifecycle::task(client, c).await,
         Command::Image(c) => commands::image::run(client, c).await,
         Command::Vm(c) => commands::vm::run(client, c).await,
+        Command::Pool(c) => commands::storage::pool(client, c).await,
+        Command::Volume(c) => commands::storage::volume(client, c).await,
         Command::Setting(SettingCommand::List(o)) => {
             commands::setting::list(client, o.output).await
         }

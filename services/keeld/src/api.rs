@@ -688,15 +688,34 @@ async fn get_vm(name: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
     ok(&compute::vm_of(&rec)?)
 }
 
-/// Deletes a VM and its disks (asynchronously: its node destroys the domain first).
-#[utoipa::path(delete, path = "/api/v1/vms/{name}", security(("bearer" = [])), params(("name" = String, Path)),
+/// Query of `DELETE /api/v1/vms/{name}`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteVmQuery {
+    /// Keep the VM's disks as standalone volumes instead of deleting them.
+    #[serde(default)]
+    pub keep_disks: bool,
+}
+
+/// Deletes a VM and its disks (asynchronously: its node destroys the domain first); with
+/// `keep_disks=true` its disks stay as standalone volumes.
+#[utoipa::path(delete, path = "/api/v1/vms/{name}", security(("bearer" = [])),
+    params(("name" = String, Path), DeleteVmQuery),
     responses((status = 202, body = Vm), (status = 204), (status = 404, body = ErrorBody)))]
-async fn delete_vm(name: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
+async fn delete_vm(
+    name: String,
+    query: DeleteVmQuery,
+    ctx: Ctx,
+    authz: Option<String>,
+) -> ApiResult {
     let (m, _) = authenticate(&ctx, authz).await?;
     m.linearizable().await?;
     let rec = m
         .get(compute::VMS, &name)?
         .ok_or_else(|| ApiError::NotFound(format!("VM {name} does not exist")))?;
+    if query.keep_disks {
+        crate::storage::keep_disks(&m, &name).await?;
+    }
     if compute::vm_of(&rec)?.status.node.is_none() {
         m.write_ok(Request::Delete {
             kind: compute::VMS.into(),
@@ -724,6 +743,11 @@ async fn delete_vm(name: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
               (status = 409, body = ErrorBody)))]
 async fn vm_action(name: String, action: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
     let (m, _) = authenticate(&ctx, authz).await?;
+    if matches!(action.as_str(), "start" | "resume") {
+        if let Some(rec) = m.get(compute::VMS, &name)? {
+            crate::storage::check_startable(&compute::vm_of(&rec)?)?;
+        }
+    }
     let vm = crate::lifecycle::power_action(&m, &name, &action).await?;
     Ok(warp::reply::with_status(warp::reply::json(&vm), StatusCode::ACCEPTED).into_response())
 }
@@ -1050,6 +1074,7 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
     let vm_delete = v1
         .and(warp::path!("vms" / String))
         .and(warp::delete())
+        .and(warp::query::<DeleteVmQuery>())
         .and(with_ctx(ctx.clone()))
         .and(authz())
         .then(delete_vm)

@@ -13,13 +13,11 @@
 //! Everything is level-triggered: a crash at any point is repaired by the next round, and a
 //! keeld restart never touches a running guest.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keel_model::{
-    set_condition, Condition, ConditionStatus, DiskSource, ImageFormat, Name, Vm, VmCreate,
-    VmGroup, VmPhase,
+    set_condition, Condition, ConditionStatus, DiskSource, Name, Vm, VmCreate, VmGroup, VmPhase,
 };
 use keel_store::{Record, Request, Response};
 use keel_virt::{Boot, CpuMode, DomainSpec, DomainType, Firmware, Hypervisor, ShutdownMode};
@@ -29,7 +27,7 @@ use tracing::{debug, info, warn};
 use crate::error::ApiError;
 use crate::host::Host;
 use crate::member::{decode, encode, kinds, node_of, Member};
-use crate::scheduler::{self, CpuOvercommit, Group, NodeCapacity, PlacedVm, VmPlacementRequest};
+use crate::scheduler::{self, CpuOvercommit, Group, NodeCapacity, PlacedVm};
 
 /// Store kind of VMs.
 pub const VMS: &str = "vms";
@@ -65,12 +63,16 @@ struct Inputs {
 }
 
 fn inputs(m: &Member) -> Result<Inputs, ApiError> {
+    let free = crate::storage::pool_free(m)?;
     let nodes = m
         .list(kinds::NODES)?
         .iter()
         .filter_map(|r| node_of(r).ok())
-        // Pools are per node and not reported yet: the disk check uses a generous bound.
-        .map(|n| NodeCapacity::from_node(&n, u64::MAX / 4))
+        // A node whose pool has not reported yet gets a generous bound; its reconciler checks.
+        .map(|n| {
+            let disk = free.get(&n.metadata.name).copied().unwrap_or(u64::MAX / 4);
+            NodeCapacity::from_node(&n, disk)
+        })
         .collect();
     let vms: Vec<(Record, Vm)> = m
         .list(VMS)?
@@ -123,13 +125,9 @@ pub async fn create(m: &Member, body: VmCreate) -> Result<Vm, ApiError> {
                 ));
             }
         }
-        if let DiskSource::Volume { .. } = &d.source {
-            return Err(ApiError::bad(
-                "attaching existing volumes is not supported yet",
-                Some(format!("spec.disks[{i}].source")),
-            ));
-        }
     }
+    // Attached volumes, volume names, and disks larger than any pool.
+    crate::storage::check_create(m, &body)?;
     if let Some(g) = &body.spec.placement.group {
         if m.get(GROUPS, g.as_str())?.is_none() {
             return Err(ApiError::bad(
@@ -146,7 +144,7 @@ pub async fn create(m: &Member, body: VmCreate) -> Result<Vm, ApiError> {
     };
     let inp = inputs(m)?;
     if let Err(u) = scheduler::place(
-        &VmPlacementRequest::from_vm(&vm),
+        &crate::storage::placement_request(m, &vm)?,
         &inp.nodes,
         &inp.placed,
         &inp.groups,
@@ -236,7 +234,7 @@ async fn schedule_round(m: &Member) -> Result<(), ApiError> {
         let now = crate::now_rfc3339();
         let name = vm.metadata.name.clone();
         match scheduler::place(
-            &VmPlacementRequest::from_vm(&vm),
+            &crate::storage::placement_request(m, &vm)?,
             &inp.nodes,
             &inp.placed,
             &inp.groups,
@@ -354,9 +352,7 @@ async fn reconcile(
             .await?
             .map_err(|e| e.to_string())?;
         }
-        for d in &vm.spec.disks {
-            let _ = std::fs::remove_file(host.pool.volume(&name, d.name.as_str()));
-        }
+        crate::storage::release_disks(m, host, &vm).await?;
         m.write_ok(Request::Delete {
             kind: VMS.into(),
             name: name.clone(),
@@ -383,29 +379,8 @@ async fn reconcile(
         .map_err(|e| e.to_string())?;
         return Ok(());
     }
-    // Disks.
-    let mut disks = Vec::new();
-    for d in &vm.spec.disks {
-        let path = host.pool.volume(&name, d.name.as_str());
-        if !path.exists() {
-            let (backing, size) = match &d.source {
-                DiskSource::Image { image, size } => {
-                    let (p, f) = crate::images::ensure_local(m, host, image.as_str()).await?;
-                    (Some((p, f)), size.map(|s| s.get()))
-                }
-                DiskSource::Empty { size } => (None, Some(size.get())),
-                DiskSource::Volume { .. } => {
-                    return Err("volume disks are not supported yet".into())
-                }
-            };
-            create_volume(&path, backing, size).await?;
-        }
-        disks.push(keel_virt::Disk {
-            path,
-            format: keel_virt::DiskFormat::Qcow2,
-            iotune: None,
-        });
-    }
+    // Disks: Volume records and files (crate::storage).
+    let disks = crate::storage::prepare_disks(m, host, &vm).await?;
     // Domain.
     let uid: uuid::Uuid = vm
         .metadata
@@ -452,7 +427,13 @@ async fn reconcile(
     let state = blocking(move || h.domain(&n).map(|d| d.state))
         .await?
         .map_err(|e| e.to_string())?;
-    let step = crate::lifecycle::power_step(vm.spec.power_state, state);
+    // A template never runs, whatever its power state says (crate::storage).
+    let want = if vm.spec.template {
+        keel_model::PowerState::Stopped
+    } else {
+        vm.spec.power_state
+    };
+    let step = crate::lifecycle::power_step(want, state);
     let phase = match step {
         crate::lifecycle::PowerStep::Report(phase) => phase,
         crate::lifecycle::PowerStep::Start => {
@@ -553,38 +534,6 @@ fn older_than(rfc3339: &str, secs: i64) -> bool {
     time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
         .map(|t| (time::OffsetDateTime::now_utc() - t).whole_seconds() > secs)
         .unwrap_or(false)
-}
-
-async fn create_volume(
-    path: &std::path::Path,
-    backing: Option<(PathBuf, ImageFormat)>,
-    size: Option<u64>,
-) -> Result<(), String> {
-    let tmp = path.with_extension("creating");
-    let mut cmd = tokio::process::Command::new("qemu-img");
-    cmd.args(["create", "-q", "-f", "qcow2"]);
-    if let Some((image, format)) = &backing {
-        let fmt = match format {
-            ImageFormat::Qcow2 => "qcow2",
-            _ => "raw",
-        };
-        cmd.arg("-F").arg(fmt).arg("-b").arg(image);
-    }
-    cmd.arg(&tmp);
-    if let Some(s) = size {
-        cmd.arg(s.to_string());
-    }
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| format!("running qemu-img: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "qemu-img create: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
 }
 
 /// Validates a VM name from a path.

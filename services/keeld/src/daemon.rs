@@ -446,6 +446,11 @@ async fn become_member(
         host.clone(),
         daemon.shutdown.clone(),
     ));
+    tokio::spawn(crate::storage::node_loop(
+        member.clone(),
+        host.clone(),
+        daemon.shutdown.clone(),
+    ));
     tokio::spawn(crate::migrate::node_loop(
         member.clone(),
         host.clone(),

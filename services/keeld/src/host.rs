@@ -4,7 +4,8 @@
 //! ```text
 //!  <state>/pool/images/<image>        verified image files (the library's copy on this node)
 //!  <state>/pool/uploads/<image>.part  an upload in progress (its length is what was received)
-//!  <state>/pool/volumes/<vm>-<disk>.qcow2   VM disks, thin copies backed by an image
+//!  <state>/pool/volumes/<volume>.qcow2   volumes (a VM's disk `<vm>-<disk>`), thin copies
+//!                                        backed by an image, or blank
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -48,6 +49,17 @@ impl Pool {
     /// The disk `disk` of VM `vm`.
     pub fn volume(&self, vm: &str, disk: &str) -> PathBuf {
         self.root.join("volumes").join(format!("{vm}-{disk}.qcow2"))
+    }
+
+    /// The pool's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file of volume `name` (`raw` for a raw volume, else qcow2).
+    pub fn volume_file(&self, name: &str, raw: bool) -> PathBuf {
+        let ext = if raw { "raw" } else { "qcow2" };
+        self.root.join("volumes").join(format!("{name}.{ext}"))
     }
 
     /// Every VM disk file on this node.

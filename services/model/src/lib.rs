@@ -55,6 +55,7 @@ mod mac;
 mod new_metadata;
 mod pool;
 mod quantity;
+mod snapshot;
 mod task;
 mod update;
 mod vm;
@@ -72,6 +73,9 @@ pub use mac::MacAddr;
 pub use new_metadata::{validate_labels, NewMetadata, MAX_LABELS};
 pub use pool::{Pool, PoolCreate, PoolKind, PoolPhase, PoolSpec, PoolStatus, PoolUpdate};
 pub use quantity::Bytes;
+pub use snapshot::{
+    snapshot_key, Snapshot, SnapshotCreate, SnapshotPhase, SnapshotSpec, SnapshotStatus, VmClone,
+};
 pub use task::{ObjectRef, Percent, ResourceKind, Task, TaskKind, TaskPhase, TaskSpec, TaskStatus};
 pub use vm::{
     derived_mac, owned_volume_name, BootDevice, CloudInit, CpuModel, DiskSource, HaPolicy, HaSpec,
@@ -83,5 +87,6 @@ pub use vm_group::{
 };
 pub use vm_update::{VmPlacementUpdate, VmUpdate};
 pub use volume::{
-    Qos, Volume, VolumeCreate, VolumeFormat, VolumePhase, VolumeSpec, VolumeStatus, VolumeUpdate,
+    local_pool_name, Qos, Volume, VolumeCreate, VolumeFormat, VolumePhase, VolumeResize,
+    VolumeSpec, VolumeStatus, VolumeUpdate,
 };

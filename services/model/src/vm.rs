@@ -89,6 +89,11 @@ pub struct VmSpec {
     /// these, clients never set them.
     #[serde(default, skip_serializing_if = "VmActions::is_none")]
     pub actions: VmActions,
+    /// A template: never runs (`power_state` must be `stopped`); VMs are made from it by
+    /// cloning (`POST /api/v1/vms/{name}/clone`, or `POST /api/v1/vms` with
+    /// `from_template`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub template: bool,
 }
 
 /// One-shot power actions (`POST /api/v1/vms/{name}/reboot` and `.../force-stop`) as
@@ -487,6 +492,7 @@ impl VmSpec {
             placement: VmPlacement::default(),
             ha: HaSpec::default(),
             actions: VmActions::default(),
+            template: false,
         }
     }
 
@@ -524,6 +530,12 @@ impl VmSpec {
                     self.memory.get(),
                     self.memory.mib()
                 ),
+            ));
+        }
+        if self.template && self.power_state != PowerState::Stopped {
+            return Err(ValidationError::new(
+                "power_state",
+                "a template never runs: set power_state to stopped (or template to false)",
             ));
         }
         self.validate_disks()?;
@@ -757,6 +769,7 @@ impl VmSpec {
         check("placement", self.placement != other.placement);
         check("ha", self.ha != other.ha);
         check("actions", self.actions != other.actions);
+        check("template", self.template != other.template);
         out
     }
 }

@@ -37,6 +37,10 @@ pub struct VolumeSpec {
     /// I/O limits; none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos: Option<Qos>,
+    /// Another volume (in the same pool) this one starts as a full copy of; set by keeld
+    /// when it clones a VM (its snapshots are not copied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_of: Option<Name>,
 }
 
 /// A volume's on-disk format.
@@ -133,6 +137,13 @@ pub struct VolumeStatus {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// The VM that created this volume for one of its disks and deletes it with itself
+    /// (unless it is deleted with `keep_disks=true`, which clears this).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The VM whose disk this volume is (its owner, or a VM attaching it as a `volume` disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_to: Option<String>,
 }
 
 impl VolumeSpec {
@@ -152,6 +163,43 @@ impl VolumeSpec {
         }
         if let Some(qos) = &self.qos {
             qos.validate().map_err(|e| e.within("qos"))?;
+        }
+        if self.clone_of.is_some() && self.backing_image.is_some() {
+            return Err(ValidationError::new(
+                "clone_of",
+                "a clone takes its backing image from the volume it copies; leave backing_image out",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The name of node `node`'s local `dir` pool: `<node>-local` (shortened with a hash when
+/// that is longer than a [`Name`] may be, like [`crate::owned_volume_name`]).
+pub fn local_pool_name(node: &Name) -> Name {
+    crate::owned_volume_name(node, &Name::new("local").unwrap_or_else(|_| node.clone()))
+}
+
+/// `POST /api/v1/volumes/{name}/resize`: grow a volume (never shrink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeResize {
+    /// The new size, at least the current one (`"4GiB"` or bytes).
+    pub size: Bytes,
+}
+
+impl VolumeResize {
+    /// Checks the new size against the volume's current one; the path is `size`.
+    pub fn check(&self, current: Bytes) -> Result<(), ValidationError> {
+        check_disk_size("size", self.size)?;
+        if self.size < current {
+            return Err(ValidationError::new(
+                "size",
+                format!(
+                    "volumes only grow: {} is smaller than the current {current}",
+                    self.size
+                ),
+            ));
         }
         Ok(())
     }
@@ -193,9 +241,15 @@ pub struct VolumeCreate {
 }
 
 impl VolumeCreate {
-    /// All checks; paths are absolute in the body (`spec.size`).
+    /// All checks; paths are absolute in the body (`spec.size`). `clone_of` is keeld's.
     pub fn validate(&self) -> Result<(), ValidationError> {
         self.metadata.validate().map_err(|e| e.within("metadata"))?;
+        if self.spec.clone_of.is_some() {
+            return Err(ValidationError::new(
+                "spec.clone_of",
+                "volumes are copied by cloning their VM (POST /api/v1/vms/{name}/clone); leave clone_of out",
+            ));
+        }
         self.spec.validate().map_err(|e| e.within("spec"))
     }
 }
@@ -314,6 +368,35 @@ mod tests {
         assert_eq!(spec.validate().unwrap_err().field, "qos.write_bytes_sec");
         assert!(serde_json::from_str::<Qos>(r#"{"total_iops":5}"#).is_err());
         assert!(serde_json::from_str::<VolumeSpec>(r#"{"pool":"local","size":"lots"}"#).is_err());
+    }
+
+    #[test]
+    fn resize_grows_only() {
+        let r: VolumeResize = serde_json::from_str(r#"{"size":"4GiB"}"#).unwrap();
+        r.check(Bytes::from_gib(1)).unwrap();
+        r.check(Bytes::from_gib(4)).unwrap();
+        let err = r.check(Bytes::from_gib(8)).unwrap_err();
+        assert_eq!(err.field, "size");
+        assert!(err.message.contains("only grow"), "{}", err.message);
+        let zero = VolumeResize {
+            size: Bytes::new(0),
+        };
+        assert!(zero
+            .check(Bytes::new(0))
+            .unwrap_err()
+            .message
+            .contains("out of range"));
+        assert!(serde_json::from_str::<VolumeResize>(r#"{"size":"-1GiB"}"#).is_err());
+        assert!(serde_json::from_str::<VolumeResize>(r#"{"size":"1GiB","x":1}"#).is_err());
+    }
+
+    #[test]
+    fn clone_of_is_keelds() {
+        let create: VolumeCreate = serde_json::from_str(
+            r#"{"metadata":{"name":"data"},"spec":{"pool":"local","size":"2GiB","clone_of":"other"}}"#,
+        )
+        .unwrap();
+        assert_eq!(create.validate().unwrap_err().field, "spec.clone_of");
     }
 
     #[test]

@@ -832,6 +832,17 @@ mod tests {
             fn open_console(&self, n: &str) -> Result<Box<dyn crate::Console>, HypervisorError> {
                 self.0.open_console(n)
             }
+            fn block_resize(
+                &self,
+                n: &str,
+                d: &std::path::Path,
+                b: u64,
+            ) -> Result<(), HypervisorError> {
+                self.0.block_resize(n, d, b)
+            }
+            fn snapshot_live(&self, n: &str, s: &str) -> Result<(), HypervisorError> {
+                self.0.snapshot_live(n, s)
+            }
             fn job_progress(
                 &self,
                 n: &str,

@@ -33,6 +33,10 @@ pub enum Op {
     Migrate,
     /// Attaching to the serial console.
     OpenConsole,
+    /// Growing a disk of a running domain.
+    BlockResize,
+    /// Taking a snapshot of a running domain.
+    Snapshot,
 }
 
 impl fmt::Display for Op {
@@ -51,6 +55,8 @@ impl fmt::Display for Op {
             Op::Resume => "resume",
             Op::Migrate => "migrate",
             Op::OpenConsole => "open the console of",
+            Op::BlockResize => "grow a disk of",
+            Op::Snapshot => "snapshot",
         })
     }
 }

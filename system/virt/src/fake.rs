@@ -7,6 +7,7 @@
 //! a domain can live-migrate from one to another.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -341,6 +342,28 @@ impl Hypervisor for FakeHypervisor {
             name: name.into(),
             boot,
         }))
+    }
+
+    fn block_resize(&self, name: &str, disk: &Path, bytes: u64) -> Result<(), HypervisorError> {
+        let known = self.with_domain(name, Op::BlockResize, ACTIVE, |d| {
+            d.spec.disks.iter().any(|x| x.path == disk)
+        })?;
+        if !known || bytes == 0 {
+            return Err(HypervisorError::Io {
+                op: Op::BlockResize,
+                name: name.into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{} is not a disk of {name}", disk.display()),
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn snapshot_live(&self, name: &str, snapshot: &str) -> Result<(), HypervisorError> {
+        let _ = snapshot;
+        self.with_domain(name, Op::Snapshot, ACTIVE, |_| ())
     }
 }
 

@@ -1,7 +1,7 @@
 //! [`Hypervisor`]: the seam between Keel and whatever runs its VMs.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -85,6 +85,17 @@ pub trait Hypervisor: Send + Sync {
     /// Attaches to the serial console of a running domain, taking it over from any other
     /// client.
     fn open_console(&self, name: &str) -> Result<Box<dyn Console>, HypervisorError>;
+
+    /// Grows the disk backed by the file `disk` of a running (or paused) domain to `bytes`,
+    /// live; the guest sees the new size at once. A shut-off domain is refused: grow its
+    /// file with `qemu-img resize` instead.
+    fn block_resize(&self, name: &str, disk: &Path, bytes: u64) -> Result<(), HypervisorError>;
+
+    /// Takes an internal snapshot named `snapshot` of a running (or paused) domain: the
+    /// state of every disk and the guest's memory, stored inside the disks' qcow2 files.
+    /// libvirt keeps no metadata about it, so the qcow2 files are the only record (list,
+    /// revert and delete it with `qemu-img snapshot` while the domain is shut off).
+    fn snapshot_live(&self, name: &str, snapshot: &str) -> Result<(), HypervisorError>;
 
     /// Progress of the domain's current job (a live migration started by
     /// [`migrate`](Self::migrate) on another thread), or `None` when no job runs.

@@ -8,6 +8,7 @@ pub mod lifecycle;
 pub mod login;
 pub mod node;
 pub mod setting;
+pub mod storage;
 pub mod vm;
 
 use serde::{Deserialize, Serialize};

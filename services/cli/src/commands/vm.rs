@@ -46,7 +46,13 @@ pub async fn run(client: &ApiClient, command: VmCommand) -> anyhow::Result<()> {
         VmCommand::Pause(args) => power(client, Action::Pause, &args).await,
         VmCommand::Resume(args) => power(client, Action::Resume, &args).await,
         VmCommand::Migrate(args) => super::lifecycle::migrate(client, &args).await,
-        VmCommand::Delete { name, wait } => delete(client, &name, wait).await,
+        VmCommand::Delete {
+            name,
+            keep_disks,
+            wait,
+        } => delete(client, &name, keep_disks, wait).await,
+        VmCommand::Snapshot(c) => super::storage::snapshot(client, c).await,
+        VmCommand::Clone(a) => super::storage::clone(client, &a).await,
         VmCommand::Console { name } => super::console::run(client, &name).await,
         VmCommand::Group(VmGroupCommand::Create(args)) => group_create(client, &args).await,
         VmCommand::Group(VmGroupCommand::List(o)) => group_list(client, o.output).await,
@@ -57,11 +63,15 @@ pub async fn run(client: &ApiClient, command: VmCommand) -> anyhow::Result<()> {
 /// The create body of `keel vm create`: one disk `root` from the image, a NIC only with
 /// `--network`.
 pub fn create_body(args: &VmCreateArgs) -> anyhow::Result<VmCreate> {
-    let mut spec = VmSpec::new(args.cpus, args.memory);
+    let (Some(cpus), Some(memory), Some(image)) = (args.cpus, args.memory, args.image.clone())
+    else {
+        bail!("give --image, --cpus and --memory (or --from-template)");
+    };
+    let mut spec = VmSpec::new(cpus, memory);
     spec.disks = vec![VmDisk {
         name: Name::new(ROOT_DISK)?,
         source: DiskSource::Image {
-            image: args.image.clone(),
+            image,
             size: args.disk,
         },
         bus: None,
@@ -111,6 +121,16 @@ pub fn flag_for(field: &str) -> Option<&'static str> {
 
 /// `keel vm create`.
 pub async fn create(client: &ApiClient, args: &VmCreateArgs) -> anyhow::Result<()> {
+    if let Some(template) = &args.from_template {
+        let clone = super::storage::VmCloneArgs {
+            source: template.clone(),
+            name: args.name.clone(),
+            start: !args.stopped,
+            wait: args.wait,
+            out: args.out,
+        };
+        return super::storage::clone(client, &clone).await;
+    }
     let body = create_body(args)?;
     let vm: Vm = client
         .request(Method::POST, "/api/v1/vms", Some(&body))
@@ -191,10 +211,16 @@ pub async fn power(client: &ApiClient, action: Action, args: &VmPowerArgs) -> an
 }
 
 /// `keel vm delete NAME`.
-pub async fn delete(client: &ApiClient, name: &Name, wait: WaitArgs) -> anyhow::Result<()> {
+pub async fn delete(
+    client: &ApiClient,
+    name: &Name,
+    keep_disks: bool,
+    wait: WaitArgs,
+) -> anyhow::Result<()> {
     let path = format!("/api/v1/vms/{name}");
+    let query = if keep_disks { "?keep_disks=true" } else { "" };
     client
-        .request_empty::<()>(Method::DELETE, &path, None)
+        .request_empty::<()>(Method::DELETE, &format!("{path}{query}"), None)
         .await?;
     if !wait.wait {
         eprintln!("deletion of vm {name} requested");

@@ -277,6 +277,15 @@ pub(crate) fn map_paths(xml: &str, map: &[(std::path::PathBuf, std::path::PathBu
 }
 
 /// Reads the Keel VM uid out of the metadata element libvirt returns.
+/// `<domainsnapshot>` asking for a snapshot named `name` (libvirt's defaults: internal,
+/// memory included for a running domain).
+pub(crate) fn snapshot_xml(name: &str) -> String {
+    format!(
+        "<domainsnapshot><name>{}</name></domainsnapshot>",
+        quick_xml::escape::escape(name)
+    )
+}
+
 pub(crate) fn parse_keel_metadata(xml: &str) -> Result<Uuid, XmlError> {
     let vm: KeelVmIn = quick_xml::de::from_str(xml).map_err(|source| XmlError::Parse {
         what: "metadata",
