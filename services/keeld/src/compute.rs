@@ -287,6 +287,7 @@ async fn schedule_round(m: &Member) -> Result<(), ApiError> {
 pub async fn node_loop(m: Arc<Member>, host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut wake = crate::wake::Wake::new(m.clone(), &[VMS]);
+    let mut usage = crate::usage::Sampler::default();
     loop {
         tokio::select! { _ = tick.tick() => {} _ = wake.changed() => {} _ = shutdown.changed() => return }
         let Some((hv, kvm)) = host.hv.get().cloned() else {
@@ -314,6 +315,7 @@ pub async fn node_loop(m: Arc<Member>, host: Arc<Host>, mut shutdown: watch::Rec
         }
         // Domains no VM accounts for are reported in the node's status, never touched.
         crate::lifecycle::report_unmanaged(&m, &hv).await;
+        usage.maybe_sample(&m, &hv).await;
     }
 }
 

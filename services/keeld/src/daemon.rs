@@ -383,6 +383,7 @@ async fn become_member(
     let ids = IdentityDir::new(&args.state_dir);
     let mut store_cfg = StoreConfig::new(ids.store_dir(), identity.id, identity.cluster.clone());
     crate::seed::scale_timings(&mut store_cfg, args.raft_timing_scale);
+    crate::leader::set_timing_scale(args.raft_timing_scale);
     let store = Store::open(store_cfg, PeerNetwork::new(peers.clone()))
         .await
         .context("opening the store")?;
@@ -446,11 +447,6 @@ async fn become_member(
         host.clone(),
         daemon.shutdown.clone(),
     ));
-    tokio::spawn(crate::storage::node_loop(
-        member.clone(),
-        host.clone(),
-        daemon.shutdown.clone(),
-    ));
     tokio::spawn(crate::migrate::node_loop(
         member.clone(),
         host.clone(),
@@ -458,6 +454,11 @@ async fn become_member(
     ));
     tokio::spawn(crate::migrate::maintenance_loop(
         member.clone(),
+        daemon.shutdown.clone(),
+    ));
+    tokio::spawn(crate::storage::node_loop(
+        member.clone(),
+        host.clone(),
         daemon.shutdown.clone(),
     ));
     drop(discovery);

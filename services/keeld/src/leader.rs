@@ -23,6 +23,20 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(1000);
 /// A node missing heartbeats this long is NotReady.
 pub const NOT_READY_AFTER: Duration = Duration::from_millis(3500);
 
+/// Multiplier of [`NOT_READY_AFTER`], set once at start from `--raft-timing-scale`: on slow or
+/// emulated machines heartbeats are as late as Raft's own messages.
+static TIMING_SCALE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// Scales the liveness threshold like the Raft timings (1 = as built).
+pub fn set_timing_scale(scale: u32) {
+    TIMING_SCALE.store(scale.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How long without a heartbeat before a node is not ready, scaled.
+pub fn not_ready_after() -> Duration {
+    NOT_READY_AFTER * TIMING_SCALE.load(std::sync::atomic::Ordering::Relaxed).max(1)
+}
+
 /// Sends heartbeats to the leader (or records its own when it leads).
 pub async fn heartbeat_loop(member: Arc<Member>, mut shutdown: watch::Receiver<bool>) {
     let mut sent_fingerprint = String::new();
@@ -149,11 +163,11 @@ async fn liveness(member: &Member, leading_since: Instant) -> anyhow::Result<()>
         let id = node.status.id;
         let heard = beats
             .get(&id)
-            .map(|t| now.duration_since(*t) < NOT_READY_AFTER);
+            .map(|t| now.duration_since(*t) < not_ready_after());
         let state = match heard {
             Some(true) => NodeState::Ready,
             Some(false) => NodeState::NotReady,
-            None if now.duration_since(leading_since) < NOT_READY_AFTER => node.status.state,
+            None if now.duration_since(leading_since) < not_ready_after() => node.status.state,
             None if node.status.state == NodeState::Joining => NodeState::Joining,
             None => NodeState::NotReady,
         };

@@ -40,6 +40,7 @@ pub mod scheduler;
 pub mod seed;
 pub mod storage;
 pub mod tls;
+pub mod usage;
 pub mod wake;
 
 /// HTTPS API port.

@@ -500,8 +500,21 @@ fn lifecycle_states(hv: &impl Hypervisor, fixture: &Fixture) -> Result<(), Confo
         DomainState::Shutoff,
     )?;
 
+    expect_invalid_state(
+        C,
+        "stats while shut off",
+        hv.stats(n),
+        DomainState::Shutoff,
+    )?;
+
     expect_ok(C, "start", hv.start(n))?;
     expect_state(C, hv, n, DomainState::Running)?;
+    let stats = expect_ok(C, "stats", hv.stats(n))?;
+    ensure(
+        C,
+        stats.vcpus == spec.vcpus && stats.memory_bytes > 0,
+        || format!("stats of a running domain: {stats:?}"),
+    )?;
     expect_invalid_state(C, "start twice", hv.start(n), DomainState::Running)?;
     expect_invalid_state(
         C,
@@ -739,7 +752,6 @@ fn failed_migration_keeps_running(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -832,6 +844,15 @@ mod tests {
             fn open_console(&self, n: &str) -> Result<Box<dyn crate::Console>, HypervisorError> {
                 self.0.open_console(n)
             }
+            fn job_progress(
+                &self,
+                n: &str,
+            ) -> Result<Option<crate::JobProgress>, HypervisorError> {
+                self.0.job_progress(n)
+            }
+            fn abort_job(&self, n: &str) -> Result<(), HypervisorError> {
+                self.0.abort_job(n)
+            }
             fn block_resize(
                 &self,
                 n: &str,
@@ -843,14 +864,8 @@ mod tests {
             fn snapshot_live(&self, n: &str, s: &str) -> Result<(), HypervisorError> {
                 self.0.snapshot_live(n, s)
             }
-            fn job_progress(
-                &self,
-                n: &str,
-            ) -> Result<Option<crate::JobProgress>, HypervisorError> {
-                self.0.job_progress(n)
-            }
-            fn abort_job(&self, n: &str) -> Result<(), HypervisorError> {
-                self.0.abort_job(n)
+            fn stats(&self, n: &str) -> Result<crate::DomainStats, HypervisorError> {
+                self.0.stats(n)
             }
         }
         let err = run_all(

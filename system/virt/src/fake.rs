@@ -365,6 +365,18 @@ impl Hypervisor for FakeHypervisor {
         let _ = snapshot;
         self.with_domain(name, Op::Snapshot, ACTIVE, |_| ())
     }
+
+    fn stats(&self, name: &str) -> Result<crate::DomainStats, HypervisorError> {
+        // A fake guest that has booted: some CPU time per boot, its whole memory, and the
+        // bytes its console printed as disk reads.
+        self.with_domain(name, Op::Inspect, ACTIVE, |d| crate::DomainStats {
+            vcpus: d.spec.vcpus,
+            cpu_time_ns: d.boot * 1_000_000,
+            memory_bytes: d.spec.memory_mib * 1024 * 1024,
+            disk_read_bytes: d.console_out.len() as u64,
+            ..crate::DomainStats::default()
+        })
+    }
 }
 
 const ALL: [DomainState; 7] = [

@@ -86,6 +86,14 @@ pub trait Hypervisor: Send + Sync {
     /// client.
     fn open_console(&self, name: &str) -> Result<Box<dyn Console>, HypervisorError>;
 
+    /// Progress of the domain's current job (a live migration started by
+    /// [`migrate`](Self::migrate) on another thread), or `None` when no job runs.
+    fn job_progress(&self, name: &str) -> Result<Option<JobProgress>, HypervisorError>;
+
+    /// Aborts the domain's current job: a live migration stops and the domain keeps running
+    /// here. [`HypervisorError::InvalidState`] when no job runs.
+    fn abort_job(&self, name: &str) -> Result<(), HypervisorError>;
+
     /// Grows the disk backed by the file `disk` of a running (or paused) domain to `bytes`,
     /// live; the guest sees the new size at once. A shut-off domain is refused: grow its
     /// file with `qemu-img resize` instead.
@@ -97,13 +105,27 @@ pub trait Hypervisor: Send + Sync {
     /// revert and delete it with `qemu-img snapshot` while the domain is shut off).
     fn snapshot_live(&self, name: &str, snapshot: &str) -> Result<(), HypervisorError>;
 
-    /// Progress of the domain's current job (a live migration started by
-    /// [`migrate`](Self::migrate) on another thread), or `None` when no job runs.
-    fn job_progress(&self, name: &str) -> Result<Option<JobProgress>, HypervisorError>;
+    /// The resource counters of an active domain (running or paused).
+    fn stats(&self, name: &str) -> Result<DomainStats, HypervisorError>;
+}
 
-    /// Aborts the domain's current job: a live migration stops and the domain keeps running
-    /// here. [`HypervisorError::InvalidState`] when no job runs.
-    fn abort_job(&self, name: &str) -> Result<(), HypervisorError>;
+/// A running domain's resource counters (cumulative since its QEMU process started).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DomainStats {
+    /// vCPUs.
+    pub vcpus: u32,
+    /// CPU time used by all vCPUs, nanoseconds.
+    pub cpu_time_ns: u64,
+    /// Memory the guest has (the balloon's current size; the allocation without a balloon).
+    pub memory_bytes: u64,
+    /// Bytes read from all disks.
+    pub disk_read_bytes: u64,
+    /// Bytes written to all disks.
+    pub disk_write_bytes: u64,
+    /// Bytes the guest received on all NICs.
+    pub net_rx_bytes: u64,
+    /// Bytes the guest sent on all NICs.
+    pub net_tx_bytes: u64,
 }
 
 /// What Keel knows about one domain.

@@ -70,7 +70,7 @@ pub use error::{HypervisorError, Op};
 #[cfg(any(test, feature = "fake"))]
 pub use fake::FakeHypervisor;
 pub use hypervisor::{
-    DomainInfo, DomainState, Hypervisor, JobProgress, MigrateOptions, ShutdownMode,
+    DomainInfo, DomainState, DomainStats, Hypervisor, JobProgress, MigrateOptions, ShutdownMode,
 };
 pub use kvm_probe::{KvmProbe, KvmStatus};
 pub use libvirt::Libvirt;

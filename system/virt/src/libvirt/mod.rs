@@ -451,4 +451,32 @@ impl Hypervisor for Libvirt {
         tracing::info!(domain = name, snapshot, "live snapshot taken");
         Ok(())
     }
+
+    fn stats(&self, name: &str) -> Result<crate::DomainStats, HypervisorError> {
+        let (dom, _) = self.require(name, Op::Inspect, ACTIVE)?;
+        let fail = |e| self.classify(Op::Inspect, name, e);
+        let info = dom.get_info().map_err(fail)?;
+        let xml = dom.get_xml_desc(0).map_err(fail)?;
+        let (disks, nics) = crate::xml::device_targets(&xml);
+        let mut s = crate::DomainStats {
+            vcpus: info.nr_virt_cpu,
+            cpu_time_ns: info.cpu_time,
+            memory_bytes: info.memory.saturating_mul(1024),
+            ..crate::DomainStats::default()
+        };
+        // A device that went away between the XML and the counters is skipped, not an error.
+        for d in &disks {
+            if let Ok(b) = dom.get_block_stats(d) {
+                s.disk_read_bytes += u64::try_from(b.rd_bytes).unwrap_or(0);
+                s.disk_write_bytes += u64::try_from(b.wr_bytes).unwrap_or(0);
+            }
+        }
+        for n in &nics {
+            if let Ok(i) = dom.interface_stats(n) {
+                s.net_rx_bytes += u64::try_from(i.rx_bytes).unwrap_or(0);
+                s.net_tx_bytes += u64::try_from(i.tx_bytes).unwrap_or(0);
+            }
+        }
+        Ok(s)
+    }
 }

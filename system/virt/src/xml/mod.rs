@@ -9,6 +9,9 @@
 //! golden files in `tests/data/` compare it byte for byte.
 
 mod domain;
+mod targets;
+
+pub(crate) use targets::device_targets;
 
 use serde::Deserialize;
 use uuid::Uuid;
