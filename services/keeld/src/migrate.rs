@@ -619,10 +619,11 @@ async fn node_round(
         } else if destination == me
             && task.status.step == step::PREPARING
             && !task.spec.cancel
-            && !lock(state).preparing.contains(&name)
+            // One preparation per VM at a time: a cancelled migration's may still run.
+            && !lock(state).preparing.contains(&vm_name)
         {
             if let Some(vm) = vm {
-                lock(state).preparing.insert(name.clone());
+                lock(state).preparing.insert(vm_name.clone());
                 let (m, host, state) = (m.clone(), host.clone(), state.clone());
                 let task = task.clone();
                 tokio::spawn(async move {
@@ -648,7 +649,9 @@ async fn node_round(
                     if let Err(e) = r {
                         warn!(error = %e, "recording the destination's readiness failed");
                     }
-                    lock(&state).preparing.remove(&task.metadata.name);
+                    lock(&state)
+                        .preparing
+                        .remove(task.spec.target.name.as_str());
                 });
             }
         }
@@ -662,7 +665,8 @@ async fn node_round(
         let Some(vm) = m.get(VMS, &vm_name)?.and_then(|r| vm_of(&r).ok()) else {
             continue;
         };
-        let ours = vm.status.node.as_deref() == Some(me.as_str())
+        let ours = lock(state).preparing.contains(&vm_name)
+            || vm.status.node.as_deref() == Some(me.as_str())
             || vm
                 .status
                 .migration
