@@ -496,9 +496,42 @@ pub fn peer_uri(transport: Option<&serde_json::Value>, address: &str) -> String 
     format!("qemu+{t}://{address}/system")
 }
 
-/// The file of disk `disk` of VM `vm` on this node.
+/// The file of disk `disk` of VM `vm` on this node: the qcow2 file of the volume the VM
+/// owns for it (as `crate::storage` names it).
 fn disk_path(host: &Host, vm: &str, disk: &str) -> std::path::PathBuf {
-    host.pool.volume(vm, disk)
+    match (Name::new(vm), Name::new(disk)) {
+        (Ok(v), Ok(d)) => host
+            .pool
+            .volume_file(keel_model::owned_volume_name(&v, &d).as_str(), false),
+        _ => host.pool.volume(vm, disk),
+    }
+}
+
+/// The volumes VM `vm` owns now live in `destination`'s pool.
+async fn move_volumes(m: &Member, vm: &str, destination: &str) -> Result<(), ApiError> {
+    let pool = keel_model::local_pool_name(&Name::new(destination)?);
+    for rec in m.list(crate::storage::VOLUMES)? {
+        let Ok(vol) = crate::storage::volume_of(&rec) else {
+            continue;
+        };
+        if vol.status.owner.as_deref() != Some(vm) {
+            continue;
+        }
+        let mut moved = vol.clone();
+        moved.spec.pool = pool.clone();
+        moved.status.node = Some(destination.to_string());
+        if moved == vol {
+            continue;
+        }
+        m.write_ok(Request::Put {
+            kind: crate::storage::VOLUMES.into(),
+            name: rec.name.clone(),
+            value: encode(&moved)?,
+            expected_version: Some(rec.version),
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// This node's pool directory (the parent of its images directory).
@@ -944,6 +977,7 @@ async fn complete(m: &Member, host: &Host, task: &Task) -> Result<(), ApiError> 
             }
         }
     }
+    move_volumes(m, &vm_name, &destination).await?;
     let task_name = task.metadata.name.clone();
     let dest = destination.clone();
     compute::update(m, &vm_name, |v| {
