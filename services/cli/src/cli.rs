@@ -52,15 +52,15 @@ pub enum Command {
     /// Virtual machines and VM groups.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Long operations (migrations): progress and cancel.
+    #[command(subcommand)]
+    Task(crate::commands::lifecycle::TaskCommand),
     /// Storage pools (each node's local pool) and their space.
     #[command(subcommand)]
     Pool(crate::commands::storage::PoolCommand),
     /// Volumes: VM disks and standalone virtual disks.
     #[command(subcommand)]
     Volume(crate::commands::storage::VolumeCommand),
-    /// Long operations (migrations): progress and cancel.
-    #[command(subcommand)]
-    Task(crate::commands::lifecycle::TaskCommand),
     /// Streams changes as they happen, one JSON object per line.
     Events(EventsArgs),
     /// Prints the API's OpenAPI document.

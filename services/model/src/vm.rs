@@ -85,15 +85,14 @@ pub struct VmSpec {
     /// What happens when the VM's node fails.
     #[serde(default)]
     pub ha: HaSpec,
+    /// A template: never runs (`power_state` must be `stopped`); VMs are made from it by
+    /// cloning (`POST /api/v1/vms/{name}/clone`; `keel vm create NAME --from-template T`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub template: bool,
     /// One-shot power actions asked through the API (reboot, force off); keeld bumps
     /// these, clients never set them.
     #[serde(default, skip_serializing_if = "VmActions::is_none")]
     pub actions: VmActions,
-    /// A template: never runs (`power_state` must be `stopped`); VMs are made from it by
-    /// cloning (`POST /api/v1/vms/{name}/clone`, or `POST /api/v1/vms` with
-    /// `from_template`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub template: bool,
 }
 
 /// One-shot power actions (`POST /api/v1/vms/{name}/reboot` and `.../force-stop`) as
@@ -491,8 +490,8 @@ impl VmSpec {
             power_state: PowerState::default(),
             placement: VmPlacement::default(),
             ha: HaSpec::default(),
-            actions: VmActions::default(),
             template: false,
+            actions: VmActions::default(),
         }
     }
 
@@ -768,8 +767,8 @@ impl VmSpec {
         check("power_state", self.power_state != other.power_state);
         check("placement", self.placement != other.placement);
         check("ha", self.ha != other.ha);
-        check("actions", self.actions != other.actions);
         check("template", self.template != other.template);
+        check("actions", self.actions != other.actions);
         out
     }
 }
