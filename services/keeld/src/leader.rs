@@ -34,7 +34,10 @@ pub fn set_timing_scale(scale: u32) {
 
 /// How long without a heartbeat before a node is not ready, scaled.
 pub fn not_ready_after() -> Duration {
-    NOT_READY_AFTER * TIMING_SCALE.load(std::sync::atomic::Ordering::Relaxed).max(1)
+    NOT_READY_AFTER
+        * TIMING_SCALE
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1)
 }
 
 /// Sends heartbeats to the leader (or records its own when it leads).

@@ -73,6 +73,9 @@ pub use mac::MacAddr;
 pub use new_metadata::{validate_labels, NewMetadata, MAX_LABELS};
 pub use pool::{Pool, PoolCreate, PoolKind, PoolPhase, PoolSpec, PoolStatus, PoolUpdate};
 pub use quantity::Bytes;
+pub use snapshot::{
+    snapshot_key, Snapshot, SnapshotCreate, SnapshotPhase, SnapshotSpec, SnapshotStatus, VmClone,
+};
 pub use task::{ObjectRef, Percent, ResourceKind, Task, TaskKind, TaskPhase, TaskSpec, TaskStatus};
 pub use vm::{
     derived_mac, owned_volume_name, BootDevice, CloudInit, CpuModel, DiskSource, HaPolicy, HaSpec,
@@ -83,9 +86,6 @@ pub use vm_group::{
     GroupPolicy, GroupStrength, VmGroup, VmGroupCreate, VmGroupSpec, VmGroupStatus, VmGroupUpdate,
 };
 pub use vm_update::{VmPlacementUpdate, VmUpdate};
-pub use snapshot::{
-    snapshot_key, Snapshot, SnapshotCreate, SnapshotPhase, SnapshotSpec, SnapshotStatus, VmClone,
-};
 pub use volume::{
     local_pool_name, Qos, Volume, VolumeCreate, VolumeFormat, VolumePhase, VolumeResize,
     VolumeSpec, VolumeStatus, VolumeUpdate,

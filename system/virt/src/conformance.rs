@@ -500,12 +500,7 @@ fn lifecycle_states(hv: &impl Hypervisor, fixture: &Fixture) -> Result<(), Confo
         DomainState::Shutoff,
     )?;
 
-    expect_invalid_state(
-        C,
-        "stats while shut off",
-        hv.stats(n),
-        DomainState::Shutoff,
-    )?;
+    expect_invalid_state(C, "stats while shut off", hv.stats(n), DomainState::Shutoff)?;
 
     expect_ok(C, "start", hv.start(n))?;
     expect_state(C, hv, n, DomainState::Running)?;
@@ -730,11 +725,21 @@ fn failed_migration_keeps_running(
     // No job runs once the migration has failed: no progress, and nothing to abort.
     match hv.job_progress(n) {
         Ok(None) => {}
-        other => return Err(fail(C, format!("job_progress: expected no job, got {other:?}"))),
+        other => {
+            return Err(fail(
+                C,
+                format!("job_progress: expected no job, got {other:?}"),
+            ))
+        }
     }
     match hv.abort_job(n) {
         Err(HypervisorError::InvalidState { .. }) => {}
-        other => return Err(fail(C, format!("abort_job without a job: expected InvalidState, got {other:?}"))),
+        other => {
+            return Err(fail(
+                C,
+                format!("abort_job without a job: expected InvalidState, got {other:?}"),
+            ))
+        }
     }
     expect_state(C, hv, n, DomainState::Running)?;
     expect_ok(C, "destroy", hv.destroy(n))?;
@@ -748,7 +753,10 @@ fn failed_migration_keeps_running(
     expect_missing(C, hv, n)?;
     match hv.job_progress(n) {
         Err(HypervisorError::NotFound { .. }) => Ok(()),
-        other => Err(fail(C, format!("job_progress of a missing domain: expected NotFound, got {other:?}"))),
+        other => Err(fail(
+            C,
+            format!("job_progress of a missing domain: expected NotFound, got {other:?}"),
+        )),
     }
 }
 
@@ -844,10 +852,7 @@ mod tests {
             fn open_console(&self, n: &str) -> Result<Box<dyn crate::Console>, HypervisorError> {
                 self.0.open_console(n)
             }
-            fn job_progress(
-                &self,
-                n: &str,
-            ) -> Result<Option<crate::JobProgress>, HypervisorError> {
+            fn job_progress(&self, n: &str) -> Result<Option<crate::JobProgress>, HypervisorError> {
                 self.0.job_progress(n)
             }
             fn abort_job(&self, n: &str) -> Result<(), HypervisorError> {
