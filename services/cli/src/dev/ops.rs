@@ -365,9 +365,35 @@ async fn build(
         )
     })?;
     fs::set_permissions(paths.ca(), fs::Permissions::from_mode(0o644))?;
+    if with_libvirt {
+        dev_settings(paths, st, &via).await?;
+    }
 
     start_forwarder(paths, st, args.forward)?;
     Ok(info(paths, st, args.forward))
+}
+
+/// Cluster settings only the dev cluster needs: its nodes' libvirt daemons take migrations
+/// over plain TCP on the node network (fenced by nftables to the other nodes), not TLS.
+async fn dev_settings(paths: &DevPaths, st: &DevState, via: &str) -> anyhow::Result<()> {
+    let node = find_node(st, via)?;
+    let mut c = ApiClient::new(&node.api(), Some(&paths.node_ca(via)))?;
+    c.login(ADMIN_USER, &st.admin_password)
+        .await
+        .with_context(|| format!("logging in to {via}"))?;
+    let body = keel_model::SettingValue {
+        value: serde_json::json!("tcp"),
+        version: None,
+    };
+    let _: keel_model::Setting = c
+        .request(
+            reqwest::Method::PUT,
+            "/api/v1/settings/migration.transport",
+            Some(&body),
+        )
+        .await
+        .context("setting migration.transport = tcp for the dev cluster's libvirt daemons")?;
+    Ok(())
 }
 
 /// Starts the libvirt daemons of those of `nodes` that have libvirt, on a blocking thread,
