@@ -171,40 +171,7 @@ pub async fn create(m: &Member, body: VmCreate) -> Result<Vm, ApiError> {
 /// Read-modify-write of a VM with compare-and-swap, retried on conflicts; a no-op change
 /// writes nothing.
 pub async fn update(m: &Member, name: &str, f: impl Fn(&mut Vm)) -> Result<Vm, ApiError> {
-    for _ in 0..10 {
-        let rec = m
-            .get(VMS, name)?
-            .ok_or_else(|| ApiError::NotFound(format!("VM {name} does not exist")))?;
-        let mut vm = vm_of(&rec)?;
-        let before = encode(&vm)?;
-        f(&mut vm);
-        if encode(&vm)? == before {
-            // Nothing to change: no write, so no wake-up of the loops that watch VMs.
-            return Ok(vm);
-        }
-        match m
-            .write(Request::Put {
-                kind: VMS.into(),
-                name: name.into(),
-                value: encode(&vm)?,
-                expected_version: Some(rec.version),
-            })
-            .await?
-        {
-            Response::Written(rec) => return vm_of(&rec),
-            Response::Failed(keel_store::ApplyFailure::VersionConflict { .. }) => continue,
-            Response::Failed(f) => return Err(crate::member::apply_err(f)),
-            other => {
-                return Err(ApiError::Internal(format!(
-                    "unexpected store answer {other:?}"
-                )))
-            }
-        }
-    }
-    Err(ApiError::Conflict {
-        code: "version_conflict",
-        message: format!("VM {name} keeps changing; retry"),
-    })
+    crate::member::update_value(m, VMS, "VM", name, vm_of, f).await
 }
 
 /// Leader: binds unbound VMs to nodes.

@@ -23,7 +23,6 @@ use keel_model::{
     find_condition, set_condition, Condition, ConditionStatus, ErrorBody, MaintenancePhase,
     MaintenanceStatus, Name, Node, PowerState, Task, VmActions, VmPhase,
 };
-use keel_store::{Request, Response};
 use keel_virt::{DomainState, Hypervisor};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
@@ -36,7 +35,7 @@ use warp::{Filter, Reply};
 use crate::api::{authenticate, authz, ok, reply, with_ctx, ApiResult, Ctx, List};
 use crate::compute::{self, vm_of, VMS};
 use crate::error::ApiError;
-use crate::member::{encode, kinds, node_of, Member};
+use crate::member::{kinds, node_of, Member};
 use crate::migrate;
 
 /// Where a VM's serial console output is kept on its node's host (virtlogd appends and
@@ -210,39 +209,7 @@ pub async fn report_unmanaged(m: &Member, hv: &Arc<dyn Hypervisor>) {
 /// Read-modify-write of a Node with compare-and-set, retried on conflicts; no write when
 /// nothing changed.
 pub async fn update_node(m: &Member, name: &str, f: impl Fn(&mut Node)) -> Result<Node, ApiError> {
-    for _ in 0..10 {
-        let rec = m
-            .get(kinds::NODES, name)?
-            .ok_or_else(|| ApiError::NotFound(format!("node {name} does not exist")))?;
-        let mut node = node_of(&rec)?;
-        let before = encode(&node)?;
-        f(&mut node);
-        if encode(&node)? == before {
-            return Ok(node);
-        }
-        match m
-            .write(Request::Put {
-                kind: kinds::NODES.into(),
-                name: name.into(),
-                value: encode(&node)?,
-                expected_version: Some(rec.version),
-            })
-            .await?
-        {
-            Response::Written(rec) => return node_of(&rec),
-            Response::Failed(keel_store::ApplyFailure::VersionConflict { .. }) => continue,
-            Response::Failed(f) => return Err(crate::member::apply_err(f)),
-            other => {
-                return Err(ApiError::Internal(format!(
-                    "unexpected store answer {other:?}"
-                )))
-            }
-        }
-    }
-    Err(ApiError::Conflict {
-        code: "version_conflict",
-        message: format!("node {name} keeps changing; retry"),
-    })
+    crate::member::update_value(m, kinds::NODES, "node", name, node_of, f).await
 }
 
 fn invalid_state(message: String) -> ApiError {

@@ -80,6 +80,69 @@ pub fn decode<T: DeserializeOwned>(rec: &Record) -> Result<T, ApiError> {
     })
 }
 
+/// Read-modify-write of record `kind/name` with compare-and-set, retried on conflicts (with a
+/// short backoff: this replica may trail the leader). `f` changes the value and says whether
+/// there is anything to write; nothing is written otherwise. `what` names the kind in errors.
+pub async fn update_record<T: Serialize>(
+    m: &Member,
+    kind: &str,
+    what: &str,
+    name: &str,
+    of: impl Fn(&Record) -> Result<T, ApiError>,
+    f: impl Fn(&mut T) -> Result<bool, ApiError>,
+) -> Result<T, ApiError> {
+    for attempt in 0..20u64 {
+        let rec = m
+            .get(kind, name)?
+            .ok_or_else(|| ApiError::NotFound(format!("{what} {name} does not exist")))?;
+        let mut v = of(&rec)?;
+        if !f(&mut v)? {
+            return Ok(v);
+        }
+        match m
+            .write(Request::Put {
+                kind: kind.into(),
+                name: name.into(),
+                value: encode(&v)?,
+                expected_version: Some(rec.version),
+            })
+            .await?
+        {
+            Response::Written(rec) => return of(&rec),
+            Response::Failed(ApplyFailure::VersionConflict { .. }) => {
+                tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await;
+            }
+            Response::Failed(f) => return Err(apply_err(f)),
+            other => {
+                return Err(ApiError::Internal(format!(
+                    "unexpected store answer {other:?}"
+                )))
+            }
+        }
+    }
+    Err(ApiError::Conflict {
+        code: "version_conflict",
+        message: format!("{what} {name} keeps changing; retry"),
+    })
+}
+
+/// [`update_record`] for an infallible change: written only when the value differs.
+pub async fn update_value<T: Serialize>(
+    m: &Member,
+    kind: &str,
+    what: &str,
+    name: &str,
+    of: impl Fn(&Record) -> Result<T, ApiError>,
+    f: impl Fn(&mut T),
+) -> Result<T, ApiError> {
+    update_record(m, kind, what, name, of, |v| {
+        let before = encode(v)?;
+        f(v);
+        Ok(encode(v)? != before)
+    })
+    .await
+}
+
 /// JSON of a value for the store.
 pub fn encode<T: Serialize>(v: &T) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(v).map_err(|e| ApiError::Internal(format!("cannot encode: {e}")))

@@ -82,39 +82,7 @@ fn invalid_state(message: String) -> ApiError {
 
 /// Read-modify-write of a task with compare-and-set, retried on conflicts.
 pub async fn update_task(m: &Member, name: &str, f: impl Fn(&mut Task)) -> Result<Task, ApiError> {
-    for _ in 0..10 {
-        let rec = m
-            .get(TASKS, name)?
-            .ok_or_else(|| ApiError::NotFound(format!("task {name} does not exist")))?;
-        let mut t = task_of(&rec)?;
-        let before = encode(&t)?;
-        f(&mut t);
-        if encode(&t)? == before {
-            return Ok(t);
-        }
-        match m
-            .write(Request::Put {
-                kind: TASKS.into(),
-                name: name.into(),
-                value: encode(&t)?,
-                expected_version: Some(rec.version),
-            })
-            .await?
-        {
-            Response::Written(rec) => return task_of(&rec),
-            Response::Failed(keel_store::ApplyFailure::VersionConflict { .. }) => continue,
-            Response::Failed(f) => return Err(crate::member::apply_err(f)),
-            other => {
-                return Err(ApiError::Internal(format!(
-                    "unexpected store answer {other:?}"
-                )))
-            }
-        }
-    }
-    Err(ApiError::Conflict {
-        code: "version_conflict",
-        message: format!("task {name} keeps changing; retry"),
-    })
+    crate::member::update_value(m, TASKS, "task", name, task_of, f).await
 }
 
 struct Cluster {

@@ -127,40 +127,7 @@ pub(crate) async fn cas<T: Stored>(
     name: &str,
     f: impl Fn(&mut T) -> Result<bool, ApiError>,
 ) -> Result<T, ApiError> {
-    for attempt in 0..20u64 {
-        let rec = m
-            .get(T::KIND, name)?
-            .ok_or_else(|| ApiError::NotFound(format!("{} {name} does not exist", T::WHAT)))?;
-        let mut v = T::of(&rec)?;
-        if !f(&mut v)? {
-            return Ok(v);
-        }
-        match m
-            .write(Request::Put {
-                kind: T::KIND.into(),
-                name: name.into(),
-                value: encode(&v)?,
-                expected_version: Some(rec.version),
-            })
-            .await?
-        {
-            Response::Written(rec) => return T::of(&rec),
-            Response::Failed(keel_store::ApplyFailure::VersionConflict { .. }) => {
-                // This replica may trail the leader: give it a moment to catch up.
-                tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await;
-            }
-            Response::Failed(f) => return Err(crate::member::apply_err(f)),
-            other => {
-                return Err(ApiError::Internal(format!(
-                    "unexpected store answer {other:?}"
-                )))
-            }
-        }
-    }
-    Err(ApiError::Conflict {
-        code: "version_conflict",
-        message: format!("{} {name} keeps changing; retry", T::WHAT),
-    })
+    crate::member::update_record(m, T::KIND, T::WHAT, name, T::of, f).await
 }
 
 /// Polls record `name` until `done` holds (or it is gone: `None`), up to `wait`.
