@@ -43,7 +43,7 @@ integration: build
 # Everything: unit tests, the OpenAPI check, the dev-cluster integration tests (needs root),
 # and the appliance end to end (three QEMU VMs from the built image; see tests/e2e/run.sh).
 test: deps image-deps build
-	$(CARGO) test --workspace -- --test-threads=2
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 	$(MAKE) e2e
 
 openapi:
