@@ -283,6 +283,17 @@ pub enum VmCommand {
     /// VM groups: affinity and anti-affinity rules.
     #[command(subcommand)]
     Group(VmGroupCommand),
+    /// Changes a VM's vCPUs and memory; a running VM grows live up to its limits
+    /// (`--wait`: until its node has applied it).
+    Resize(crate::commands::vm_edit::ResizeArgs),
+    /// Attaches and detaches disks (live on a running VM).
+    #[command(subcommand)]
+    Disk(crate::commands::vm_edit::DiskCommand),
+    /// Attaches and detaches NICs (live on a running VM).
+    #[command(subcommand)]
+    Nic(crate::commands::vm_edit::NicCommand),
+    /// Renames a stopped VM.
+    Rename(crate::commands::vm_edit::RenameArgs),
 }
 
 /// `keel vm create NAME --image IMG --cpus N --memory SIZE …`.

@@ -95,6 +95,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.merge(crate::console::ApiDoc::openapi());
     doc.merge(crate::lifecycle::ApiDoc::openapi());
     doc.merge(crate::storage::ApiDoc::openapi());
+    doc.merge(crate::hotplug::ApiDoc::openapi());
     doc
 }
 
@@ -1175,6 +1176,8 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .or(crate::lifecycle::routes(ctx.clone()))
         .unify()
         .or(crate::storage::routes(ctx.clone()))
+        .unify()
+        .or(crate::hotplug::routes(ctx.clone()))
         .unify()
         .or(images_r)
         .unify()

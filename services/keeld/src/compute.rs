@@ -348,6 +348,8 @@ async fn reconcile(
         .map_err(|e| e.to_string())?;
         return Ok(());
     }
+    // After a rename, the domain of the old name goes (crate::hotplug).
+    crate::hotplug::finish_rename(m, hv, &vm).await?;
     // Disks: Volume records and files (crate::storage).
     let disks = crate::storage::prepare_disks(m, host, &vm).await?;
     // Domain.
@@ -381,6 +383,7 @@ async fn reconcile(
         vnc: crate::console::domain_vnc(&name),
         guest_agent: true,
         serial_log: Some(crate::lifecycle::serial_log_path(&name)),
+        hotplug: Some(crate::hotplug::headroom(&vm)),
     };
     if domain.is_none() || vm.status.observed_version < vm.metadata.version {
         let h = hv.clone();
@@ -396,6 +399,8 @@ async fn reconcile(
     let state = blocking(move || h.domain(&n).map(|d| d.state))
         .await?
         .map_err(|e| e.to_string())?;
+    // A running domain takes spec changes live (crate::hotplug): vCPUs, memory, disks, NICs.
+    let hotplug = crate::hotplug::converge_live(m, hv, &vm, &spec, state).await?;
     // A template never runs, whatever its power state says (crate::storage).
     let want = if vm.spec.template {
         keel_model::PowerState::Stopped
@@ -460,6 +465,7 @@ async fn reconcile(
         || vm.status.observed_version < vm.metadata.version
         || actions != vm.status.actions
         || paused != was_paused
+        || hotplug != vm.status.hotplug
     {
         let version = vm.metadata.version;
         let spec = vm.spec.clone();
@@ -479,6 +485,7 @@ async fn reconcile(
                 version
             };
             v.status.actions = actions;
+            v.status.hotplug = hotplug;
             crate::lifecycle::set_paused(&mut v.status.conditions, paused, &now);
             if phase == VmPhase::Stopping {
                 set_condition(

@@ -23,6 +23,7 @@ pub mod discovery;
 pub mod error;
 pub mod formation;
 pub mod host;
+pub mod hotplug;
 pub mod identity;
 pub mod images;
 pub mod inventory;

@@ -79,13 +79,13 @@ pub use snapshot::{
 pub use task::{ObjectRef, Percent, ResourceKind, Task, TaskKind, TaskPhase, TaskSpec, TaskStatus};
 pub use vm::{
     derived_mac, owned_volume_name, BootDevice, CloudInit, CpuModel, DiskSource, HaPolicy, HaSpec,
-    PowerState, Vm, VmActions, VmCreate, VmDisk, VmMigration, VmNic, VmPhase, VmPlacement, VmSpec,
-    VmStatus, VmUsage,
+    PowerState, Vm, VmActions, VmCreate, VmDisk, VmHotplug, VmMigration, VmNic, VmPhase,
+    VmPlacement, VmSpec, VmStatus, VmUsage,
 };
 pub use vm_group::{
     GroupPolicy, GroupStrength, VmGroup, VmGroupCreate, VmGroupSpec, VmGroupStatus, VmGroupUpdate,
 };
-pub use vm_update::{VmPlacementUpdate, VmUpdate};
+pub use vm_update::{VmPlacementUpdate, VmRename, VmUpdate};
 pub use volume::{
     local_pool_name, Qos, Volume, VolumeCreate, VolumeFormat, VolumePhase, VolumeResize,
     VolumeSpec, VolumeStatus, VolumeUpdate,

@@ -387,6 +387,25 @@ pub struct VmStatus {
     /// The live migration under way, while phase is `migrating`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<VmMigration>,
+    /// How far the running VM can grow without a restart (its domain's limits, fixed when it
+    /// started); absent while it does not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotplug: Option<VmHotplug>,
+    /// The name the VM had before a rename, until its node has removed the domain of that
+    /// name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renamed_from: Option<String>,
+}
+
+/// The limits a running VM can grow to by hot-add (`PATCH /api/v1/vms/{name}` with more
+/// `cpus` or `memory`); going beyond them needs a stop and start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmHotplug {
+    /// Most vCPUs.
+    pub max_cpus: u32,
+    /// Most memory.
+    pub max_memory: Bytes,
 }
 
 /// Where a VM is in its life.

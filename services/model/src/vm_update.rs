@@ -70,6 +70,14 @@ pub struct VmUpdate {
     pub clear: Vec<String>,
 }
 
+/// `POST /api/v1/vms/{name}/rename`: a stopped VM's new name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmRename {
+    /// The new name (DNS-safe, unused by any other VM).
+    pub new_name: Name,
+}
+
 /// Placement changes within a [`VmUpdate`]; absent fields are left alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -70,6 +70,7 @@ impl Fixture {
             vnc: None,
             guest_agent: false,
             serial_log: None,
+            hotplug: None,
         })
     }
 }
@@ -116,6 +117,7 @@ pub fn run_all<H: Hypervisor>(
             "failed_migration_keeps_running",
             failed_migration_keeps_running,
         ),
+        ("hotplug_grows_a_running_domain", hotplug_grows_a_running_domain),
     ];
     let mut passed = Vec::new();
     for (name, check) in checks {
@@ -448,6 +450,100 @@ fn define_update_and_clashes(
     expect_not_found(C, "undefine twice", hv.undefine(&name))
 }
 
+/// vCPUs and memory grow live within the headroom and never beyond; a disk is plugged in and
+/// out of the running domain; a redefinition does not change the running domain; a shut-off
+/// domain takes no hot-plug.
+fn hotplug_grows_a_running_domain(
+    hv: &impl Hypervisor,
+    fixture: &Fixture,
+) -> Result<(), ConformanceError> {
+    const C: &str = "hotplug_grows_a_running_domain";
+    let mut spec = fixture.spec("hotplug")?;
+    spec.hotplug = Some(crate::Hotplug {
+        max_vcpus: 2,
+        max_memory_mib: 256,
+    });
+    let name = spec.name.to_string();
+    let n = name.as_str();
+    let _guard = Cleanup { hv, name: n };
+    let file = std::env::temp_dir().join(format!("{n}.raw"));
+    expect_ok(
+        C,
+        "create the disk file",
+        std::fs::write(&file, vec![0u8; 1 << 20]).map_err(|source| HypervisorError::Io {
+            op: crate::Op::AttachDevice,
+            name: name.clone(),
+            source,
+        }),
+    )?;
+    let disk = crate::Disk {
+        path: file.clone(),
+        format: crate::DiskFormat::Raw,
+        iotune: None,
+    };
+    let result = (|| {
+        expect_ok(C, "define", hv.define(&spec))?;
+        expect_invalid_state(C, "set vCPUs while shut off", hv.set_vcpus(n, 2), DomainState::Shutoff)?;
+        expect_ok(C, "start", hv.start(n))?;
+        wait_state(C, hv, n, DomainState::Running, fixture.boot_timeout)?;
+        let l = expect_ok(C, "live", hv.live(n))?;
+        ensure(C, (l.vcpus, l.max_vcpus, l.memory_mib, l.max_memory_mib) == (1, 2, 128, 256), || {
+            format!("1 of 2 vCPUs and 128 of 256 MiB, got {l:?}")
+        })?;
+        expect_ok(C, "plug a vCPU", hv.set_vcpus(n, 2))?;
+        expect_ok(C, "grow memory", hv.grow_memory(n, 192))?;
+        let refused = |what: &str, r: Result<(), HypervisorError>| match r {
+            Err(HypervisorError::Refused { .. }) => Ok(()),
+            Err(e) => Err(fail(C, format!("{what}: Refused, got {}", chain(&e)))),
+            Ok(()) => Err(fail(C, format!("{what}: Refused, got success"))),
+        };
+        refused("3 vCPUs beyond the maximum of 2", hv.set_vcpus(n, 3))?;
+        refused("shrink memory", hv.grow_memory(n, 160))?;
+        refused("memory beyond the maximum", hv.grow_memory(n, 512))?;
+        // A redefinition (what keeld does with every change) leaves the running domain be.
+        let mut bigger = spec.clone();
+        bigger.vcpus = 2;
+        bigger.memory_mib = 192;
+        bigger.hotplug = Some(crate::Hotplug {
+            max_vcpus: 4,
+            max_memory_mib: 384,
+        });
+        expect_ok(C, "redefine", hv.define(&bigger))?;
+        let l = expect_ok(C, "live", hv.live(n))?;
+        ensure(C, (l.vcpus, l.max_vcpus, l.memory_mib, l.max_memory_mib) == (2, 2, 192, 256), || {
+            format!("2 of 2 vCPUs and 192 of 256 MiB live, got {l:?}")
+        })?;
+        let target = expect_ok(C, "attach a disk", hv.attach_disk(n, &disk))?;
+        let l = expect_ok(C, "live", hv.live(n))?;
+        ensure(C, l.disks.iter().any(|d| d.path == file && d.target == target), || {
+            format!("disk {} at {target}, got {:?}", file.display(), l.disks)
+        })?;
+        expect_ok(C, "detach the disk", hv.detach_disk(n, &file))?;
+        // The guest releases the disk (ACPI eject); a request made before its ACPI driver is
+        // up is lost, so ask again until it is gone, as keeld's reconciler does.
+        let deadline = Instant::now() + fixture.boot_timeout;
+        let mut asked = Instant::now();
+        loop {
+            let l = expect_ok(C, "live", hv.live(n))?;
+            if !l.disks.iter().any(|d| d.path == file) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(fail(C, "the detached disk gone within the boot timeout"));
+            }
+            if asked.elapsed() > Duration::from_secs(5) {
+                let _ = hv.detach_disk(n, &file);
+                asked = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        refused("detach a disk it does not have", hv.detach_disk(n, &file))?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&file);
+    result
+}
+
 fn lifecycle_states(hv: &impl Hypervisor, fixture: &Fixture) -> Result<(), ConformanceError> {
     const C: &str = "lifecycle_states";
     let spec = fixture.spec("lifecycle")?;
@@ -769,7 +865,7 @@ mod tests {
     fn the_fake_passes_the_suite() {
         let fake = FakeHypervisor::new("fake://node1");
         let passed = run_all(&fake, &Fixture::for_fake()).unwrap();
-        assert_eq!(passed.len(), 9);
+        assert_eq!(passed.len(), 10);
         assert!(
             fake.list().unwrap().is_empty(),
             "the suite leaves nothing behind"
@@ -871,6 +967,27 @@ mod tests {
             }
             fn stats(&self, n: &str) -> Result<crate::DomainStats, HypervisorError> {
                 self.0.stats(n)
+            }
+            fn live(&self, n: &str) -> Result<crate::LiveDomain, HypervisorError> {
+                self.0.live(n)
+            }
+            fn set_vcpus(&self, n: &str, v: u32) -> Result<(), HypervisorError> {
+                self.0.set_vcpus(n, v)
+            }
+            fn grow_memory(&self, n: &str, m: u64) -> Result<(), HypervisorError> {
+                self.0.grow_memory(n, m)
+            }
+            fn attach_disk(&self, n: &str, d: &crate::Disk) -> Result<String, HypervisorError> {
+                self.0.attach_disk(n, d)
+            }
+            fn detach_disk(&self, n: &str, p: &std::path::Path) -> Result<(), HypervisorError> {
+                self.0.detach_disk(n, p)
+            }
+            fn attach_nic(&self, n: &str, x: &crate::Nic) -> Result<(), HypervisorError> {
+                self.0.attach_nic(n, x)
+            }
+            fn detach_nic(&self, n: &str, m: crate::MacAddr) -> Result<(), HypervisorError> {
+                self.0.detach_nic(n, m)
             }
         }
         let err = run_all(

@@ -37,6 +37,12 @@ pub enum Op {
     BlockResize,
     /// Taking a snapshot of a running domain.
     Snapshot,
+    /// Changing the vCPUs or memory of a running domain.
+    Resize,
+    /// Plugging a device into a running domain.
+    AttachDevice,
+    /// Unplugging a device from a running domain.
+    DetachDevice,
 }
 
 impl fmt::Display for Op {
@@ -57,6 +63,9 @@ impl fmt::Display for Op {
             Op::OpenConsole => "open the console of",
             Op::BlockResize => "grow a disk of",
             Op::Snapshot => "snapshot",
+            Op::Resize => "resize",
+            Op::AttachDevice => "attach a device to",
+            Op::DetachDevice => "detach a device from",
         })
     }
 }
@@ -98,6 +107,16 @@ pub enum HypervisorError {
     NoGuestAgent {
         /// The domain.
         name: String,
+    },
+    /// The request does not fit the domain (beyond its hot-add headroom, an unknown device).
+    #[error("cannot {op} domain {name}: {reason}")]
+    Refused {
+        /// The domain.
+        name: String,
+        /// What was asked.
+        op: Op,
+        /// Why not.
+        reason: String,
     },
     /// The domain spec is invalid or could not be rendered.
     #[error("domain {name} has an invalid spec")]

@@ -39,6 +39,38 @@ struct FakeDomain {
     console_in: Vec<u8>,
     /// Bumped on every start and reboot, so consoles of an earlier boot see EOF.
     boot: u64,
+    /// What the running domain has (hot-plugging changes it, a redefinition does not);
+    /// taken from the spec at start.
+    live: Option<crate::LiveDomain>,
+}
+
+/// The devices and size a domain defined as `spec` starts with.
+fn live_of_spec(spec: &DomainSpec) -> crate::LiveDomain {
+    crate::LiveDomain {
+        vcpus: spec.vcpus,
+        max_vcpus: spec.hotplug.map_or(spec.vcpus, |h| h.max_vcpus),
+        memory_mib: spec.memory_mib,
+        max_memory_mib: spec.hotplug.map_or(spec.memory_mib, |h| h.max_memory_mib),
+        disks: spec
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| crate::LiveDisk {
+                target: DomainSpec::disk_target(i),
+                path: d.path.clone(),
+            })
+            .collect(),
+        nics: spec
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| crate::LiveNic {
+                mac: n.mac,
+                bridge: Some(n.bridge.to_string()),
+                tap: Some(format!("vnet{i}")),
+            })
+            .collect(),
+    }
 }
 
 impl FakeDomain {
@@ -131,6 +163,24 @@ impl FakeHypervisor {
             .ok_or_else(|| HypervisorError::NotFound { name: name.into() })
     }
 
+    /// Changes what running domain `name` has, or says why not.
+    fn hotplug(
+        &self,
+        name: &str,
+        op: Op,
+        f: impl FnOnce(&mut crate::LiveDomain) -> Result<(), String>,
+    ) -> Result<(), HypervisorError> {
+        let allowed = [DomainState::Running, DomainState::Paused];
+        self.with_domain(name, op, &allowed, |d| {
+            let live = d.live.get_or_insert_with(|| live_of_spec(&d.spec));
+            f(live).map_err(|reason| HypervisorError::Refused {
+                name: name.into(),
+                op,
+                reason,
+            })
+        })?
+    }
+
     /// Runs `f` on domain `name` if its state is one of `allowed`.
     fn with_domain<T>(
         &self,
@@ -210,6 +260,7 @@ impl Hypervisor for FakeHypervisor {
                 console_out: Vec::new(),
                 console_in: Vec::new(),
                 boot: 0,
+                live: None,
             });
         dom.spec = spec.clone();
         Ok(dom.info())
@@ -220,6 +271,7 @@ impl Hypervisor for FakeHypervisor {
             d.state = DomainState::Running;
             d.boot += 1;
             d.console_out.clear();
+            d.live = Some(live_of_spec(&d.spec));
         })
     }
 
@@ -228,6 +280,7 @@ impl Hypervisor for FakeHypervisor {
             d.state = DomainState::Paused;
             d.boot += 1;
             d.console_out.clear();
+            d.live = Some(live_of_spec(&d.spec));
         })
     }
 
@@ -377,6 +430,92 @@ impl Hypervisor for FakeHypervisor {
             ..crate::DomainStats::default()
         })
     }
+
+    fn live(&self, name: &str) -> Result<crate::LiveDomain, HypervisorError> {
+        self.with_domain(name, Op::Inspect, &ALL, |d| match (&d.live, d.state.is_active()) {
+            (Some(l), true) => l.clone(),
+            _ => live_of_spec(&d.spec),
+        })
+    }
+
+    fn set_vcpus(&self, name: &str, vcpus: u32) -> Result<(), HypervisorError> {
+        self.hotplug(name, Op::Resize, |l| {
+            if vcpus == 0 || vcpus > l.max_vcpus {
+                return Err(format!("{vcpus} vCPUs is outside 1..={}", l.max_vcpus));
+            }
+            l.vcpus = vcpus;
+            Ok(())
+        })
+    }
+
+    fn grow_memory(&self, name: &str, memory_mib: u64) -> Result<(), HypervisorError> {
+        self.hotplug(name, Op::Resize, |l| {
+            if memory_mib < l.memory_mib || memory_mib > l.max_memory_mib {
+                return Err(format!(
+                    "memory can only grow live, from {} MiB up to {} MiB",
+                    l.memory_mib, l.max_memory_mib
+                ));
+            }
+            l.memory_mib = memory_mib;
+            Ok(())
+        })
+    }
+
+    fn attach_disk(&self, name: &str, disk: &crate::Disk) -> Result<String, HypervisorError> {
+        let mut target = String::new();
+        self.hotplug(name, Op::AttachDevice, |l| {
+            target = match l.disks.iter().find(|d| d.path == disk.path) {
+                Some(d) => d.target.clone(),
+                None => {
+                    let t = l.free_disk_target();
+                    l.disks.push(crate::LiveDisk {
+                        target: t.clone(),
+                        path: disk.path.clone(),
+                    });
+                    t
+                }
+            };
+            Ok(())
+        })?;
+        Ok(target)
+    }
+
+    fn detach_disk(&self, name: &str, path: &Path) -> Result<(), HypervisorError> {
+        self.hotplug(name, Op::DetachDevice, |l| {
+            let before = l.disks.len();
+            l.disks.retain(|d| d.path != path);
+            if l.disks.len() == before {
+                return Err(format!("it has no disk {}", path.display()));
+            }
+            Ok(())
+        })
+    }
+
+    fn attach_nic(&self, name: &str, nic: &crate::Nic) -> Result<(), HypervisorError> {
+        self.hotplug(name, Op::AttachDevice, |l| {
+            if !l.nics.iter().any(|n| n.mac == nic.mac) {
+                let tap = format!("vnet{}", l.nics.len() + 100);
+                l.nics.push(crate::LiveNic {
+                    mac: nic.mac,
+                    bridge: Some(nic.bridge.to_string()),
+                    tap: Some(tap),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn detach_nic(&self, name: &str, mac: crate::MacAddr) -> Result<(), HypervisorError> {
+        self.hotplug(name, Op::DetachDevice, |l| {
+            let before = l.nics.len();
+            l.nics.retain(|n| n.mac != mac);
+            if l.nics.len() == before {
+                return Err(format!("it has no NIC {mac}"));
+            }
+            Ok(())
+        })
+    }
+
 }
 
 const ALL: [DomainState; 7] = [

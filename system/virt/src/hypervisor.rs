@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::{Capabilities, Console, DomainSpec, HypervisorError, KvmStatus};
+use crate::{
+    Capabilities, Console, Disk, DomainSpec, HypervisorError, KvmStatus, LiveDomain, MacAddr, Nic,
+};
 
 /// Drives the domains of one host.
 ///
@@ -107,6 +109,34 @@ pub trait Hypervisor: Send + Sync {
 
     /// The resource counters of an active domain (running or paused).
     fn stats(&self, name: &str) -> Result<DomainStats, HypervisorError>;
+
+    // Hot-plugging. Each changes only the running domain (libvirt's `AFFECT_LIVE`): the
+    // caller redefines the domain with the same change ([`define`](Self::define)) so the next
+    // start keeps it. A shut-off domain is refused with `InvalidState` (redefine it instead);
+    // a request the domain cannot take is `Refused`.
+
+    /// The domain's vCPUs, memory, disks and NICs as they are now.
+    fn live(&self, name: &str) -> Result<LiveDomain, HypervisorError>;
+
+    /// Plugs vCPUs into a running domain (or unplugs them), up to its `max_vcpus`.
+    fn set_vcpus(&self, name: &str, vcpus: u32) -> Result<(), HypervisorError>;
+
+    /// Grows the memory of a running domain to `memory_mib` by plugging one DIMM of the
+    /// difference, up to its `max_memory_mib`; shrinking is refused.
+    fn grow_memory(&self, name: &str, memory_mib: u64) -> Result<(), HypervisorError>;
+
+    /// Plugs `disk` into a running domain at the first free target; returns the target.
+    fn attach_disk(&self, name: &str, disk: &Disk) -> Result<String, HypervisorError>;
+
+    /// Unplugs the disk backed by the file `path` from a running domain (the guest is asked
+    /// to release it; the disk may stay listed for a moment until it has).
+    fn detach_disk(&self, name: &str, path: &Path) -> Result<(), HypervisorError>;
+
+    /// Plugs `nic` into a running domain (a new tap on its OVS bridge).
+    fn attach_nic(&self, name: &str, nic: &Nic) -> Result<(), HypervisorError>;
+
+    /// Unplugs the NIC with address `mac` from a running domain (its tap and OVS port go).
+    fn detach_nic(&self, name: &str, mac: MacAddr) -> Result<(), HypervisorError>;
 }
 
 /// A running domain's resource counters (cumulative since its QEMU process started).

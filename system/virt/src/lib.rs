@@ -60,6 +60,7 @@ mod fake;
 mod hypervisor;
 mod kvm_probe;
 mod libvirt;
+mod live;
 mod spec;
 pub mod watch;
 mod xml;
@@ -74,9 +75,10 @@ pub use hypervisor::{
 };
 pub use kvm_probe::{KvmProbe, KvmStatus};
 pub use libvirt::Libvirt;
+pub use live::{LiveDisk, LiveDomain, LiveNic};
 pub use spec::{
     Boot, BridgeName, CpuMode, CpuModel, Disk, DiskFormat, DomainName, DomainSpec, DomainType,
-    Firmware, IoTune, MacAddr, Nic, ValidationError, Vnc,
+    Firmware, Hotplug, IoTune, MacAddr, Nic, ValidationError, Vnc,
 };
 pub use watch::{DomainEvent, StateWatcher};
 pub use xml::{XmlError, KEEL_METADATA_NS};

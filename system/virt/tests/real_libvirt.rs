@@ -56,6 +56,7 @@ fn guest_spec(name: &str, boot: Boot, disks: Vec<Disk>) -> Result<DomainSpec> {
         vnc: None,
         guest_agent: false,
         serial_log: None,
+        hotplug: None,
     })
 }
 

@@ -10,6 +10,7 @@ pub mod node;
 pub mod setting;
 pub mod storage;
 pub mod vm;
+pub mod vm_edit;
 
 use serde::{Deserialize, Serialize};
 

@@ -57,6 +57,10 @@ pub async fn run(client: &ApiClient, command: VmCommand) -> anyhow::Result<()> {
         VmCommand::Group(VmGroupCommand::Create(args)) => group_create(client, &args).await,
         VmCommand::Group(VmGroupCommand::List(o)) => group_list(client, o.output).await,
         VmCommand::Group(VmGroupCommand::Delete { name }) => group_delete(client, &name).await,
+        VmCommand::Resize(a) => super::vm_edit::resize(client, &a).await,
+        VmCommand::Disk(c) => super::vm_edit::disk(client, c).await,
+        VmCommand::Nic(c) => super::vm_edit::nic(client, c).await,
+        VmCommand::Rename(a) => super::vm_edit::rename(client, &a).await,
     }
 }
 

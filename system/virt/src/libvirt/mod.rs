@@ -14,8 +14,9 @@ use virt::sys;
 
 use crate::xml::{parse_keel_metadata, KEEL_METADATA_NS};
 use crate::{
-    Capabilities, Console, DomainInfo, DomainSpec, DomainState, DomainType, Hypervisor,
-    HypervisorError, JobProgress, KvmProbe, KvmStatus, MigrateOptions, Op, ShutdownMode,
+    Capabilities, Console, Disk, DomainInfo, DomainSpec, DomainState, DomainType, Hypervisor,
+    HypervisorError, JobProgress, KvmProbe, KvmStatus, LiveDomain, MacAddr, MigrateOptions, Nic,
+    Op, ShutdownMode,
 };
 
 use console::LibvirtConsole;
@@ -129,6 +130,20 @@ impl Libvirt {
             });
         }
         Ok((dom, state))
+    }
+}
+
+/// States in which devices and vCPUs can be hot-plugged.
+const HOTPLUG: &[DomainState] = &[DomainState::Running, DomainState::Paused];
+
+impl Libvirt {
+    fn live_of(&self, dom: &Domain, name: &str, op: Op) -> Result<LiveDomain, HypervisorError> {
+        let xml = dom.get_xml_desc(0).map_err(|e| self.classify(op, name, e))?;
+        LiveDomain::from_xml(&xml).map_err(|e| HypervisorError::Refused {
+            name: name.into(),
+            op,
+            reason: format!("unreadable domain XML: {e}"),
+        })
     }
 }
 
@@ -479,4 +494,145 @@ impl Hypervisor for Libvirt {
         }
         Ok(s)
     }
+
+    fn live(&self, name: &str) -> Result<LiveDomain, HypervisorError> {
+        let dom = self.lookup(name, Op::Inspect)?;
+        self.live_of(&dom, name, Op::Inspect)
+    }
+
+    fn set_vcpus(&self, name: &str, vcpus: u32) -> Result<(), HypervisorError> {
+        let (dom, _) = self.require(name, Op::Resize, HOTPLUG)?;
+        let live = self.live_of(&dom, name, Op::Resize)?;
+        if vcpus == 0 || vcpus > live.max_vcpus {
+            return Err(HypervisorError::Refused {
+                name: name.into(),
+                op: Op::Resize,
+                reason: format!("{vcpus} vCPUs is outside 1..={} (its maximum until restarted)", live.max_vcpus),
+            });
+        }
+        if vcpus != live.vcpus {
+            dom.set_vcpus_flags(vcpus, sys::VIR_DOMAIN_AFFECT_LIVE)
+                .map_err(|e| self.classify(Op::Resize, name, e))?;
+            tracing::info!(domain = name, from = live.vcpus, to = vcpus, "vCPUs changed live");
+        }
+        Ok(())
+    }
+
+    fn grow_memory(&self, name: &str, memory_mib: u64) -> Result<(), HypervisorError> {
+        let (dom, _) = self.require(name, Op::Resize, HOTPLUG)?;
+        let live = self.live_of(&dom, name, Op::Resize)?;
+        if memory_mib < live.memory_mib || memory_mib > live.max_memory_mib {
+            return Err(HypervisorError::Refused {
+                name: name.into(),
+                op: Op::Resize,
+                reason: format!(
+                    "memory can only grow live, from {} MiB up to {} MiB",
+                    live.memory_mib, live.max_memory_mib
+                ),
+            });
+        }
+        if memory_mib > live.memory_mib {
+            let xml = crate::xml::dimm_xml(memory_mib - live.memory_mib).map_err(|source| {
+                HypervisorError::Spec {
+                    name: name.into(),
+                    source,
+                }
+            })?;
+            dom.attach_device_flags(&xml, sys::VIR_DOMAIN_AFFECT_LIVE)
+                .map_err(|e| self.classify(Op::Resize, name, e))?;
+            tracing::info!(domain = name, from = live.memory_mib, to = memory_mib, "memory grown live");
+        }
+        Ok(())
+    }
+
+    fn attach_disk(&self, name: &str, disk: &Disk) -> Result<String, HypervisorError> {
+        let (dom, _) = self.require(name, Op::AttachDevice, HOTPLUG)?;
+        let live = self.live_of(&dom, name, Op::AttachDevice)?;
+        if let Some(d) = live.disks.iter().find(|d| d.path == disk.path) {
+            return Ok(d.target.clone());
+        }
+        let target = live.free_disk_target();
+        let xml = crate::xml::disk_xml(disk, &target).map_err(|source| HypervisorError::Spec {
+            name: name.into(),
+            source,
+        })?;
+        dom.attach_device_flags(&xml, sys::VIR_DOMAIN_AFFECT_LIVE)
+            .map_err(|e| self.classify(Op::AttachDevice, name, e))?;
+        tracing::info!(domain = name, disk = %disk.path.display(), target, "disk attached live");
+        Ok(target)
+    }
+
+    fn detach_disk(&self, name: &str, path: &Path) -> Result<(), HypervisorError> {
+        let (dom, _) = self.require(name, Op::DetachDevice, HOTPLUG)?;
+        let live = self.live_of(&dom, name, Op::DetachDevice)?;
+        let Some(d) = live.disks.iter().find(|d| d.path == path) else {
+            return Err(HypervisorError::Refused {
+                name: name.into(),
+                op: Op::DetachDevice,
+                reason: format!("it has no disk {}", path.display()),
+            });
+        };
+        let disk = Disk {
+            path: path.to_path_buf(),
+            format: crate::DiskFormat::Qcow2,
+            iotune: None,
+        };
+        let xml = crate::xml::disk_xml(&disk, &d.target).map_err(|source| {
+            HypervisorError::Spec {
+                name: name.into(),
+                source,
+            }
+        })?;
+        dom.detach_device_flags(&xml, sys::VIR_DOMAIN_AFFECT_LIVE)
+            .map_err(|e| self.classify(Op::DetachDevice, name, e))?;
+        tracing::info!(domain = name, disk = %path.display(), "disk detach requested");
+        Ok(())
+    }
+
+    fn attach_nic(&self, name: &str, nic: &Nic) -> Result<(), HypervisorError> {
+        let (dom, _) = self.require(name, Op::AttachDevice, HOTPLUG)?;
+        let live = self.live_of(&dom, name, Op::AttachDevice)?;
+        if live.nics.iter().any(|n| n.mac == nic.mac) {
+            return Ok(());
+        }
+        let xml = crate::xml::nic_xml(nic).map_err(|source| HypervisorError::Spec {
+            name: name.into(),
+            source,
+        })?;
+        dom.attach_device_flags(&xml, sys::VIR_DOMAIN_AFFECT_LIVE)
+            .map_err(|e| self.classify(Op::AttachDevice, name, e))?;
+        tracing::info!(domain = name, mac = %nic.mac, bridge = %nic.bridge, "NIC attached live");
+        Ok(())
+    }
+
+    fn detach_nic(&self, name: &str, mac: MacAddr) -> Result<(), HypervisorError> {
+        let (dom, _) = self.require(name, Op::DetachDevice, HOTPLUG)?;
+        let live = self.live_of(&dom, name, Op::DetachDevice)?;
+        let Some(n) = live.nics.iter().find(|n| n.mac == mac) else {
+            return Err(HypervisorError::Refused {
+                name: name.into(),
+                op: Op::DetachDevice,
+                reason: format!("it has no NIC {mac}"),
+            });
+        };
+        let bridge = n.bridge.clone().unwrap_or_default();
+        let nic = Nic {
+            bridge: crate::BridgeName::new(bridge).map_err(|e| HypervisorError::Refused {
+                name: name.into(),
+                op: Op::DetachDevice,
+                reason: format!("NIC {mac}: {e}"),
+            })?,
+            mac,
+            interface_id: None,
+        };
+        let xml = crate::xml::nic_xml(&nic).map_err(|source| HypervisorError::Spec {
+            name: name.into(),
+            source,
+        })?;
+        dom.detach_device_flags(&xml, sys::VIR_DOMAIN_AFFECT_LIVE)
+            .map_err(|e| self.classify(Op::DetachDevice, name, e))?;
+        tracing::info!(domain = name, mac = %mac, "NIC detach requested");
+        Ok(())
+    }
+
 }

@@ -7,6 +7,7 @@
 
 mod cpu;
 mod disk;
+mod hotplug;
 mod mac;
 mod name;
 mod nic;
@@ -20,6 +21,7 @@ use uuid::Uuid;
 
 pub use cpu::{CpuMode, CpuModel};
 pub use disk::{Disk, DiskFormat, IoTune};
+pub use hotplug::Hotplug;
 pub use mac::MacAddr;
 pub use name::DomainName;
 pub use nic::{BridgeName, Nic};
@@ -66,6 +68,9 @@ pub struct DomainSpec {
     /// after a live migration the destination writes to the same path on its own host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial_log: Option<PathBuf>,
+    /// Room to hot-add vCPUs and memory while the domain runs; none: fixed size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotplug: Option<Hotplug>,
 }
 
 /// How the domain's CPU is provided.
@@ -156,6 +161,9 @@ impl DomainSpec {
             Self::MAX_MEMORY_MIB,
         )?;
         range("vcpus", self.vcpus.into(), 1, Self::MAX_VCPUS.into())?;
+        if let Some(h) = &self.hotplug {
+            h.validate(self.vcpus, self.memory_mib)?;
+        }
         if self.cpu == CpuMode::HostPassthrough && self.domain_type != DomainType::Kvm {
             return Err(ValidationError::Conflict {
                 field: "cpu.mode".into(),

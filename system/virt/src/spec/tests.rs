@@ -22,6 +22,7 @@ fn base() -> DomainSpec {
         vnc: None,
         guest_agent: false,
         serial_log: None,
+        hotplug: None,
     }
 }
 
@@ -173,4 +174,22 @@ fn vnc_socket_path_fits_sun_path() {
 fn disk_targets_follow_position() {
     assert_eq!(DomainSpec::disk_target(0), "vda");
     assert_eq!(DomainSpec::disk_target(15), "vdp");
+}
+
+#[test]
+fn hotplug_headroom_renders_and_is_checked() {
+    let mut s = base();
+    s.hotplug = Some(Hotplug {
+        max_vcpus: 4,
+        max_memory_mib: 1024,
+    });
+    let xml = s.to_xml().unwrap();
+    assert!(xml.contains(r#"<maxMemory slots="16" unit="MiB">1024</maxMemory>"#), "{xml}");
+    assert!(xml.contains(r#"<vcpu placement="static" current="2">4</vcpu>"#), "{xml}");
+    assert!(xml.contains(r#"<cell id="0" cpus="0-3" memory="256" unit="MiB"/>"#), "{xml}");
+    s.hotplug = Some(Hotplug {
+        max_vcpus: 1,
+        max_memory_mib: 1024,
+    });
+    assert!(s.validate().is_err(), "max below the boot vCPUs");
 }

@@ -12,6 +12,8 @@ pub(super) struct Domain<'a> {
     pub name: &'a str,
     pub uuid: String,
     pub metadata: Metadata,
+    #[serde(rename = "maxMemory", skip_serializing_if = "Option::is_none")]
+    pub max_memory: Option<MaxMemory>,
     pub memory: Memory,
     pub vcpu: Vcpu,
     pub os: Os<'a>,
@@ -46,10 +48,24 @@ pub(super) struct Memory {
     pub value: u64,
 }
 
+/// `<maxMemory>`: the most memory DIMMs may add up to (hot-add headroom).
+#[derive(Serialize)]
+pub(super) struct MaxMemory {
+    #[serde(rename = "@slots")]
+    pub slots: u32,
+    #[serde(rename = "@unit")]
+    pub unit: &'static str,
+    #[serde(rename = "$text")]
+    pub value: u64,
+}
+
 #[derive(Serialize)]
 pub(super) struct Vcpu {
     #[serde(rename = "@placement")]
     pub placement: &'static str,
+    /// vCPUs plugged at start, when fewer than the maximum (the element's text).
+    #[serde(rename = "@current", skip_serializing_if = "Option::is_none")]
+    pub current: Option<u32>,
     #[serde(rename = "$text")]
     pub count: u32,
 }
@@ -105,6 +121,26 @@ pub(super) struct Cpu<'a> {
     pub migratable: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<CpuModel<'a>>,
+    /// One guest NUMA cell: memory hot-add plugs DIMMs into a NUMA node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub numa: Option<Numa>,
+}
+
+#[derive(Serialize)]
+pub(super) struct Numa {
+    pub cell: NumaCell,
+}
+
+#[derive(Serialize)]
+pub(super) struct NumaCell {
+    #[serde(rename = "@id")]
+    pub id: u32,
+    #[serde(rename = "@cpus")]
+    pub cpus: String,
+    #[serde(rename = "@memory")]
+    pub memory: u64,
+    #[serde(rename = "@unit")]
+    pub unit: &'static str,
 }
 
 #[derive(Serialize)]

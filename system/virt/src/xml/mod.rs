@@ -8,9 +8,11 @@
 //! The output is deterministic (fixed element order, two-space indent, no XML declaration), so
 //! golden files in `tests/data/` compare it byte for byte.
 
+mod devices;
 mod domain;
 mod targets;
 
+pub(crate) use devices::{dimm_xml, disk_xml, nic_xml};
 pub(crate) use targets::device_targets;
 
 use serde::Deserialize;
@@ -97,6 +99,7 @@ fn build(spec: &DomainSpec) -> Result<domain::Domain<'_>, XmlError> {
             check: "none",
             migratable: Some("on"),
             model: None,
+            numa: numa(spec),
         },
         CpuMode::Model { name } => x::Cpu {
             mode: "custom",
@@ -107,6 +110,7 @@ fn build(spec: &DomainSpec) -> Result<domain::Domain<'_>, XmlError> {
                 fallback: "forbid",
                 name: name.as_str(),
             }),
+            numa: numa(spec),
         },
     };
 
@@ -198,13 +202,26 @@ fn build(spec: &DomainSpec) -> Result<domain::Domain<'_>, XmlError> {
                 uid: spec.keel_uid.to_string(),
             },
         },
+        max_memory: spec.hotplug.map(|h| x::MaxMemory {
+            slots: crate::Hotplug::MEMORY_SLOTS,
+            unit: "MiB",
+            value: h.max_memory_mib,
+        }),
         memory: x::Memory {
             unit: "MiB",
             value: spec.memory_mib,
         },
-        vcpu: x::Vcpu {
-            placement: "static",
-            count: spec.vcpus,
+        vcpu: match spec.hotplug {
+            Some(h) if h.max_vcpus > spec.vcpus => x::Vcpu {
+                placement: "static",
+                current: Some(spec.vcpus),
+                count: h.max_vcpus,
+            },
+            _ => x::Vcpu {
+                placement: "static",
+                current: None,
+                count: spec.vcpus,
+            },
         },
         os,
         features: x::Features {
@@ -244,6 +261,26 @@ fn build(spec: &DomainSpec) -> Result<domain::Domain<'_>, XmlError> {
             graphics,
             memballoon: x::Memballoon { model: "virtio" },
         },
+    })
+}
+
+/// The one NUMA cell a domain with hot-add headroom has: every possible vCPU and the boot
+/// memory (hot-added DIMMs join it).
+fn numa(spec: &DomainSpec) -> Option<domain::Numa> {
+    spec.hotplug.map(|h| {
+        let last = h.max_vcpus.max(spec.vcpus).saturating_sub(1);
+        domain::Numa {
+            cell: domain::NumaCell {
+                id: 0,
+                cpus: if last == 0 {
+                    "0".into()
+                } else {
+                    format!("0-{last}")
+                },
+                memory: spec.memory_mib,
+                unit: "MiB",
+            },
+        }
     })
 }
 
