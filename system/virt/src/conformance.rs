@@ -110,6 +110,7 @@ pub fn run_all<H: Hypervisor>(
         ("invalid_spec_defines_nothing", invalid_spec_defines_nothing),
         ("define_update_and_clashes", define_update_and_clashes),
         ("lifecycle_states", lifecycle_states),
+        ("guest_agent_answers", guest_agent_answers),
         ("watcher_reports_lifecycle", watcher_reports_lifecycle),
         ("console_follows_the_domain", console_follows_the_domain),
         ("acpi_shutdown_powers_off", acpi_shutdown_powers_off),
@@ -747,6 +748,81 @@ fn console_follows_the_domain(
     expect_ok(C, "undefine", hv.undefine(n))
 }
 
+/// With an agent channel and the agent running in the guest: it answers, reports addresses
+/// (none loopback), freezes and thaws, and powers the guest off. Without a channel: no
+/// answer, no freeze, no addresses from it. An unknown domain is `NotFound` throughout.
+fn guest_agent_answers(hv: &impl Hypervisor, fixture: &Fixture) -> Result<(), ConformanceError> {
+    const C: &str = "guest_agent_answers";
+    let absent = format!("{}-absent", fixture.prefix);
+    expect_not_found(C, "agent_ping", hv.agent_ping(&absent))?;
+    expect_not_found(C, "interface_addresses", hv.interface_addresses(&absent))?;
+    expect_not_found(C, "fs_freeze", hv.fs_freeze(&absent))?;
+    expect_not_found(C, "fs_thaw", hv.fs_thaw(&absent))?;
+
+    let mut spec = fixture.spec("agent")?;
+    spec.guest_agent = true;
+    let name = spec.name.to_string();
+    let n = name.as_str();
+    let _guard = Cleanup { hv, name: n };
+    expect_ok(C, "define", hv.define(&spec))?;
+    expect_invalid_state(
+        C,
+        "ping while shut off",
+        hv.agent_ping(n),
+        DomainState::Shutoff,
+    )?;
+    expect_ok(C, "start", hv.start(n))?;
+    // The agent starts with the guest: wait for its first answer.
+    let deadline = Instant::now() + fixture.boot_timeout;
+    while !expect_ok(C, "agent_ping", hv.agent_ping(n))? {
+        if Instant::now() >= deadline {
+            return Err(fail(
+                C,
+                format!(
+                    "the agent of {n} to answer within {:?}",
+                    fixture.boot_timeout
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let addrs = expect_ok(C, "interface_addresses", hv.interface_addresses(n))?;
+    ensure(C, addrs.iter().all(|a| !a.is_local()), || {
+        format!("no loopback or link-local addresses, got {addrs:?}")
+    })?;
+    expect_ok(C, "fs_freeze", hv.fs_freeze(n))?;
+    expect_ok(C, "fs_thaw", hv.fs_thaw(n))?;
+    expect_state(C, hv, n, DomainState::Running)?;
+    expect_ok(
+        C,
+        "agent shutdown",
+        hv.shutdown(n, ShutdownMode::GuestAgent),
+    )?;
+    wait_state(C, hv, n, DomainState::Shutoff, fixture.boot_timeout)?;
+
+    // The same guest without a channel: the agent cannot be reached.
+    spec.guest_agent = false;
+    expect_ok(C, "redefine without a channel", hv.define(&spec))?;
+    expect_ok(C, "start", hv.start(n))?;
+    ensure(C, !expect_ok(C, "agent_ping", hv.agent_ping(n))?, || {
+        "no agent answer without a channel".into()
+    })?;
+    match hv.fs_freeze(n) {
+        Err(HypervisorError::NoGuestAgent { .. }) => {}
+        other => {
+            return Err(fail(
+                C,
+                format!(
+                    "fs_freeze without a channel: NoGuestAgent, got {:?}",
+                    other.map_err(|e| chain(&e))
+                ),
+            ))
+        }
+    }
+    expect_ok(C, "destroy", hv.destroy(n))?;
+    expect_ok(C, "undefine", hv.undefine(n))
+}
+
 fn acpi_shutdown_powers_off(
     hv: &impl Hypervisor,
     fixture: &Fixture,
@@ -865,7 +941,7 @@ mod tests {
     fn the_fake_passes_the_suite() {
         let fake = FakeHypervisor::new("fake://node1");
         let passed = run_all(&fake, &Fixture::for_fake()).unwrap();
-        assert_eq!(passed.len(), 10);
+        assert_eq!(passed.len(), 11);
         assert!(
             fake.list().unwrap().is_empty(),
             "the suite leaves nothing behind"
@@ -964,6 +1040,21 @@ mod tests {
             }
             fn snapshot_live(&self, n: &str, s: &str) -> Result<(), HypervisorError> {
                 self.0.snapshot_live(n, s)
+            }
+            fn interface_addresses(
+                &self,
+                n: &str,
+            ) -> Result<Vec<crate::GuestAddress>, HypervisorError> {
+                self.0.interface_addresses(n)
+            }
+            fn agent_ping(&self, n: &str) -> Result<bool, HypervisorError> {
+                self.0.agent_ping(n)
+            }
+            fn fs_freeze(&self, n: &str) -> Result<u32, HypervisorError> {
+                self.0.fs_freeze(n)
+            }
+            fn fs_thaw(&self, n: &str) -> Result<u32, HypervisorError> {
+                self.0.fs_thaw(n)
             }
             fn stats(&self, n: &str) -> Result<crate::DomainStats, HypervisorError> {
                 self.0.stats(n)

@@ -205,6 +205,21 @@ impl FakeHypervisor {
     }
 }
 
+impl FakeHypervisor {
+    /// A freeze or thaw: the fake guest has an agent when its domain has the channel, and no
+    /// file system that freezes (like the tiny guest, whose root is an initramfs).
+    fn fake_agent(&self, name: &str) -> Result<u32, HypervisorError> {
+        let agent = self.with_domain(name, Op::Snapshot, &[DomainState::Running], |d| {
+            d.spec.guest_agent
+        })?;
+        if agent {
+            Ok(0)
+        } else {
+            Err(HypervisorError::NoGuestAgent { name: name.into() })
+        }
+    }
+}
+
 const ACTIVE: &[DomainState] = &[
     DomainState::Running,
     DomainState::Paused,
@@ -412,6 +427,50 @@ impl Hypervisor for FakeHypervisor {
             });
         }
         Ok(())
+    }
+
+    fn interface_addresses(&self, name: &str) -> Result<Vec<crate::GuestAddress>, HypervisorError> {
+        // The fake guest is the tiny test guest: with an agent, each NIC has 192.0.2.N/24,
+        // N from the last byte of its MAC.
+        self.with_domain(name, Op::Inspect, &[DomainState::Running], |d| {
+            if !d.spec.guest_agent {
+                return Vec::new();
+            }
+            d.spec
+                .nics
+                .iter()
+                .enumerate()
+                .map(|(i, nic)| {
+                    let o = nic.mac.octets();
+                    crate::GuestAddress {
+                        interface: format!("eth{i}"),
+                        mac: nic.mac.to_string().to_ascii_lowercase(),
+                        ip: std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                            192,
+                            0,
+                            2,
+                            o[5] % 254 + 1,
+                        )),
+                        prefix: 24,
+                        source: crate::AddressSource::Agent,
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn agent_ping(&self, name: &str) -> Result<bool, HypervisorError> {
+        self.with_domain(name, Op::Inspect, &[DomainState::Running], |d| {
+            d.spec.guest_agent
+        })
+    }
+
+    fn fs_freeze(&self, name: &str) -> Result<u32, HypervisorError> {
+        self.fake_agent(name)
+    }
+
+    fn fs_thaw(&self, name: &str) -> Result<u32, HypervisorError> {
+        self.fake_agent(name)
     }
 
     fn snapshot_live(&self, name: &str, snapshot: &str) -> Result<(), HypervisorError> {

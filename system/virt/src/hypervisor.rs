@@ -101,6 +101,24 @@ pub trait Hypervisor: Send + Sync {
     /// file with `qemu-img resize` instead.
     fn block_resize(&self, name: &str, disk: &Path, bytes: u64) -> Result<(), HypervisorError>;
 
+    /// The IP addresses of a running domain's NICs, loopback and link-local left out: from
+    /// qemu-guest-agent when it answers (every address the guest has), else from the DHCP
+    /// leases of libvirt networks, else from the host's ARP table; empty when none knows.
+    /// Never waits long for an absent agent.
+    fn interface_addresses(&self, name: &str) -> Result<Vec<crate::GuestAddress>, HypervisorError>;
+
+    /// Whether qemu-guest-agent answers in a running domain (false without an agent channel,
+    /// or while no agent listens on it).
+    fn agent_ping(&self, name: &str) -> Result<bool, HypervisorError>;
+
+    /// Freezes the guest's file systems through qemu-guest-agent (flushed and blocked for
+    /// writes until [`fs_thaw`](Self::fs_thaw)); returns how many it froze.
+    /// [`HypervisorError::NoGuestAgent`] when no agent answers.
+    fn fs_freeze(&self, name: &str) -> Result<u32, HypervisorError>;
+
+    /// Thaws what [`fs_freeze`](Self::fs_freeze) froze; returns how many it thawed.
+    fn fs_thaw(&self, name: &str) -> Result<u32, HypervisorError>;
+
     /// Takes an internal snapshot named `snapshot` of a running (or paused) domain: the
     /// state of every disk and the guest's memory, stored inside the disks' qcow2 files.
     /// libvirt keeps no metadata about it, so the qcow2 files are the only record (list,

@@ -51,6 +51,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod agent;
 mod capabilities;
 pub mod conformance;
 mod console;
@@ -65,6 +66,7 @@ mod spec;
 pub mod watch;
 mod xml;
 
+pub use agent::{AddressSource, GuestAddress};
 pub use capabilities::Capabilities;
 pub use console::{Console, ConsoleError};
 pub use error::{HypervisorError, Op};

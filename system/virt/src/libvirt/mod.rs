@@ -170,6 +170,130 @@ fn state_of(dom: &Domain) -> Result<DomainState, virt::error::Error> {
     })
 }
 
+/// How long libvirt waits for qemu-guest-agent before giving up on a command.
+const AGENT_TIMEOUT_SECS: i32 = 5;
+
+/// Errors that mean "no agent answers" (no channel, nobody listening, no answer in time).
+fn agent_absent(code: ErrorNumber) -> bool {
+    matches!(
+        code,
+        ErrorNumber::ArgumentUnsupported
+            | ErrorNumber::AgentUnresponsive
+            | ErrorNumber::AgentUnsynced
+            | ErrorNumber::AgentCommandTimeout
+    )
+}
+
+/// Caps libvirt's wait for the agent of `dom` (its default can block for long); best effort.
+fn set_agent_timeout(dom: &Domain) {
+    // SAFETY: `dom` is a valid domain handle for the whole call; the call only sets a value
+    // in libvirt's state for the domain and reports failure through its return value.
+    let ret = unsafe { sys::virDomainAgentSetResponseTimeout(dom.as_ptr(), AGENT_TIMEOUT_SECS, 0) };
+    if ret == -1 {
+        let e = virt::error::Error::last_error();
+        tracing::trace!(error = %e, "cannot set the guest agent timeout");
+    }
+}
+
+extern "C" {
+    /// libvirt allocates the array virDomainInterfaceAddresses returns with malloc.
+    fn free(ptr: *mut std::ffi::c_void);
+}
+
+/// A C string from libvirt, or "" for a null pointer.
+///
+/// # Safety
+/// `p` is null or points to a NUL-terminated string that stays valid during the call.
+unsafe fn lossy(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+/// virDomainInterfaceAddresses from one source, copied out and freed. (The `virt` crate's
+/// wrapper leaks libvirt's structures and crashes on a null MAC.)
+fn guest_addresses(
+    dom: &Domain,
+    source: crate::AddressSource,
+) -> Result<Vec<crate::GuestAddress>, virt::error::Error> {
+    let src = match source {
+        crate::AddressSource::Agent => sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+        crate::AddressSource::Lease => sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+        crate::AddressSource::Arp => sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+    };
+    let mut ifaces: *mut sys::virDomainInterfacePtr = std::ptr::null_mut();
+    // SAFETY: `dom` is valid for the call; libvirt stores a malloc'ed array of `n` interface
+    // pointers in `ifaces` on success and leaves it untouched on failure (-1).
+    let n = unsafe { sys::virDomainInterfaceAddresses(dom.as_ptr(), &mut ifaces, src, 0) };
+    if n < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    let mut out = Vec::new();
+    for i in 0..usize::try_from(n).unwrap_or(0) {
+        // SAFETY: `ifaces` holds `n` pointers; each interface (and its `naddrs` addresses) is
+        // valid until virDomainInterfaceFree, called once for each right after reading it.
+        unsafe {
+            let iface = *ifaces.add(i);
+            if iface.is_null() {
+                continue;
+            }
+            let interface = lossy((*iface).name);
+            let mac = lossy((*iface).hwaddr).to_ascii_lowercase();
+            for j in 0..(*iface).naddrs as usize {
+                let a = (*iface).addrs.add(j);
+                if let Ok(ip) = lossy((*a).addr).parse::<std::net::IpAddr>() {
+                    out.push(crate::GuestAddress {
+                        interface: interface.clone(),
+                        mac: mac.clone(),
+                        ip,
+                        prefix: u8::try_from((*a).prefix).unwrap_or(u8::MAX),
+                        source,
+                    });
+                }
+            }
+            sys::virDomainInterfaceFree(iface);
+        }
+    }
+    if !ifaces.is_null() {
+        // SAFETY: the array itself, malloc'ed by libvirt, freed once; its entries are freed.
+        unsafe { free(ifaces.cast()) };
+    }
+    Ok(out)
+}
+
+impl Libvirt {
+    fn fs_freeze_or_thaw(&self, name: &str, freeze: bool) -> Result<u32, HypervisorError> {
+        let (dom, _) = self.require(name, Op::Snapshot, &[DomainState::Running])?;
+        set_agent_timeout(&dom);
+        // SAFETY: `dom` is valid for the call; no mount point list (null, 0): every file
+        // system. Failure is reported through the return value and libvirt's last error.
+        let ret = unsafe {
+            if freeze {
+                sys::virDomainFSFreeze(dom.as_ptr(), std::ptr::null_mut(), 0, 0)
+            } else {
+                sys::virDomainFSThaw(dom.as_ptr(), std::ptr::null_mut(), 0, 0)
+            }
+        };
+        if ret < 0 {
+            let e = virt::error::Error::last_error();
+            if agent_absent(e.code()) {
+                return Err(HypervisorError::NoGuestAgent { name: name.into() });
+            }
+            return Err(self.classify(Op::Snapshot, name, e));
+        }
+        tracing::info!(
+            domain = name,
+            freeze,
+            file_systems = ret,
+            "guest file systems {}",
+            if freeze { "frozen" } else { "thawed" }
+        );
+        Ok(u32::try_from(ret).unwrap_or(0))
+    }
+}
+
 impl Drop for Libvirt {
     fn drop(&mut self) {
         if let Err(e) = self.conn.close() {
@@ -454,6 +578,54 @@ impl Hypervisor for Libvirt {
             .map_err(|e| self.classify(Op::BlockResize, name, e))?;
         tracing::info!(domain = name, disk = %path, bytes, "disk grown live");
         Ok(())
+    }
+
+    fn interface_addresses(&self, name: &str) -> Result<Vec<crate::GuestAddress>, HypervisorError> {
+        let (dom, _) = self.require(name, Op::Inspect, &[DomainState::Running])?;
+        set_agent_timeout(&dom);
+        for source in [
+            crate::AddressSource::Agent,
+            crate::AddressSource::Lease,
+            crate::AddressSource::Arp,
+        ] {
+            match guest_addresses(&dom, source) {
+                Ok(found) => {
+                    let found: Vec<_> = found.into_iter().filter(|a| !a.is_local()).collect();
+                    if !found.is_empty() {
+                        return Ok(found);
+                    }
+                }
+                Err(e) if e.code() == ErrorNumber::NoDomain => {
+                    return Err(self.classify(Op::Inspect, name, e))
+                }
+                // No agent (or it is busy), no libvirt network: ask the next source.
+                Err(e) => {
+                    tracing::trace!(domain = name, ?source, error = %e, "no guest addresses from this source")
+                }
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn agent_ping(&self, name: &str) -> Result<bool, HypervisorError> {
+        let (dom, _) = self.require(name, Op::Inspect, &[DomainState::Running])?;
+        set_agent_timeout(&dom);
+        // guest-get-time: the cheapest agent command libvirt's public API sends.
+        match dom.get_time(0) {
+            Ok(_) => Ok(true),
+            // It answered, with an error of its own: it is there.
+            Err(e) if e.code() == ErrorNumber::AgentCommandFailed => Ok(true),
+            Err(e) if agent_absent(e.code()) => Ok(false),
+            Err(e) => Err(self.classify(Op::Inspect, name, e)),
+        }
+    }
+
+    fn fs_freeze(&self, name: &str) -> Result<u32, HypervisorError> {
+        self.fs_freeze_or_thaw(name, true)
+    }
+
+    fn fs_thaw(&self, name: &str) -> Result<u32, HypervisorError> {
+        self.fs_freeze_or_thaw(name, false)
     }
 
     fn snapshot_live(&self, name: &str, snapshot: &str) -> Result<(), HypervisorError> {
