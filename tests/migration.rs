@@ -2,7 +2,8 @@
 //! clear 4xx and change nothing; a cancelled migration leaves the VM running where it was; a
 //! live migration moves the guest with its disk (copy storage) while its serial counter goes
 //! on (read from the serial log on both sides), leaves no domain on the source, and its task
-//! reaches done; maintenance mode empties a node.
+//! reaches done; a cancel during the transfer leaves it where it was and the destination clean;
+//! maintenance mode empties a node; a stopped VM moves offline and starts on its new node.
 
 use std::time::Duration;
 
@@ -171,9 +172,75 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
         .await?;
     assert_eq!(again.status, 409, "{}", again.body);
 
-    // Not yet here: a cancel while libvirt is transferring. Its run showed the cancelled
-    // task's clean-up on the destination racing the next migration's preparation there
-    // (ENOENT); see the issue notes.
+    // Cancelled while libvirt moves it (bandwidth capped, so the transfer takes a while):
+    // the libvirt job is aborted, the guest runs on where it was, and the destination removes
+    // the disks it prepared.
+    let s = api.put_setting("migration.bandwidth_mib", json!(1)).await?;
+    assert_eq!(s.status, 200, "{}", s.body);
+    let a = migrate(&api, Some(&others[0])).await?;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let task = a.body["metadata"]["name"]
+        .as_str()
+        .context("task")?
+        .to_string();
+    let seen = wait_until(
+        "bytes moving in the transfer",
+        Duration::from_secs(120),
+        || async {
+            let t = api
+                .call("GET", &format!("/api/v1/tasks/{task}"), None)
+                .await?;
+            let moving = t.body["status"]["step"] == "transferring"
+                && t.body["status"]["bytes_done"].as_u64().unwrap_or(0) > 0;
+            Ok(moving.then_some(t.body))
+        },
+    )
+    .await?;
+    eprintln!("cancelling during the transfer: {}", seen["status"]);
+    assert!(
+        seen["status"]["bytes_total"].as_u64().unwrap_or(0)
+            >= seen["status"]["bytes_done"].as_u64().unwrap_or(0),
+        "{seen}"
+    );
+    let c = api
+        .call("POST", &format!("/api/v1/tasks/{task}/cancel"), None)
+        .await?;
+    assert_eq!(c.status, 202, "{}", c.body);
+    let t = task_done(&api, &task).await?;
+    assert_eq!(t["status"]["phase"], "cancelled", "{t}");
+    let v = wait_until("the VM running again", Duration::from_secs(60), || async {
+        let v = vm(&api).await?;
+        Ok((v["status"]["phase"] == "running").then_some(v))
+    })
+    .await?;
+    assert_eq!(v["status"]["node"], source.as_str(), "{v}");
+    assert!(domains(&dev, &source)?.contains(&VM.to_string()));
+    assert!(!domains(&dev, &others[0])?.contains(&VM.to_string()));
+    wait_until(
+        "the destination's prepared disk removed",
+        Duration::from_secs(60),
+        || async {
+            let volumes = dev.state.join(&others[0]).join("state/pool/volumes");
+            let left: Vec<String> = std::fs::read_dir(&volumes)?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|f| f.starts_with(VM))
+                .collect();
+            Ok(left.is_empty().then_some(()))
+        },
+    )
+    .await?;
+    let n = counters(&dev, &source).len();
+    wait_until(
+        "the guest counts on where it was",
+        Duration::from_secs(60),
+        || async { Ok((counters(&dev, &source).len() > n + 1).then_some(())) },
+    )
+    .await?;
+    let d = api
+        .call("DELETE", "/api/v1/settings/migration.bandwidth_mib", None)
+        .await?;
+    assert_eq!(d.status, 204, "{}", d.body);
 
     // Live migration: the counter goes on on the destination, the source is empty.
     let dest = others[1].clone();
@@ -247,5 +314,63 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.body["spec"]["cordoned"], false, "{}", a.body);
     assert!(a.body["status"]["maintenance"].is_null(), "{}", a.body);
+
+    // A stopped VM moves too (offline: its disk goes along, it stays stopped), and starts
+    // on its new node.
+    let out = dev.cli(&["vm", "stop", VM, "--wait"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "keel vm stop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let here = vm(&api).await?["status"]["node"]
+        .as_str()
+        .context("node")?
+        .to_string();
+    let there = ["node1", "node2", "node3"]
+        .into_iter()
+        .find(|n| *n != here)
+        .context("another node")?
+        .to_string();
+    let a = migrate(&api, Some(&there)).await?;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let task = a.body["metadata"]["name"]
+        .as_str()
+        .context("task")?
+        .to_string();
+    let t = task_done(&api, &task).await?;
+    assert_eq!(t["status"]["phase"], "succeeded", "{t}");
+    let v = vm(&api).await?;
+    assert_eq!(v["status"]["node"], there.as_str(), "{v}");
+    assert_eq!(v["status"]["phase"], "stopped", "{v}");
+    assert!(
+        !domains(&dev, &here)?.contains(&VM.to_string()),
+        "gone from {here}"
+    );
+    let state = node_exec(
+        &dev,
+        &there,
+        &["virsh", "-c", "qemu:///system", "domstate", VM],
+    )?;
+    assert_eq!(state.trim(), "shut off", "{there}: {state}");
+    let log_before = counters(&dev, &there);
+    let out = dev.cli(&["vm", "start", VM, "--wait"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "keel vm start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = vm(&api).await?;
+    assert_eq!(v["status"]["node"], there.as_str(), "{v}");
+    assert_eq!(v["status"]["phase"], "running", "{v}");
+    wait_until(
+        "the moved guest counting on its new node",
+        Duration::from_secs(90),
+        || async {
+            let now = counters(&dev, &there);
+            Ok((now.len() >= 2 && now != log_before).then_some(()))
+        },
+    )
+    .await?;
     Ok(())
 }

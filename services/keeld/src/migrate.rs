@@ -520,7 +520,10 @@ struct InFlight {
 #[derive(Default)]
 struct NodeState {
     transfers: BTreeMap<String, InFlight>,
-    preparing: BTreeSet<String>,
+    /// VMs whose destination-side files a task of this node is working on (preparing them
+    /// for a migration, or removing what a migration that did not happen left): one at a
+    /// time per VM, so a clean-up never deletes what the next preparation made.
+    busy: BTreeSet<String>,
     last_progress: BTreeMap<String, Instant>,
 }
 
@@ -620,11 +623,11 @@ async fn node_round(
         } else if destination == me
             && task.status.step == step::PREPARING
             && !task.spec.cancel
-            // One preparation per VM at a time: a cancelled migration's may still run.
-            && !lock(state).preparing.contains(&vm_name)
+            // One preparation or clean-up per VM at a time: a cancelled migration's may
+            // still run.
+            && lock(state).busy.insert(vm_name.clone())
         {
             if let Some(vm) = vm {
-                lock(state).preparing.insert(vm_name.clone());
                 let (m, host, state) = (m.clone(), host.clone(), state.clone());
                 let task = task.clone();
                 tokio::spawn(async move {
@@ -650,39 +653,63 @@ async fn node_round(
                     if let Err(e) = r {
                         warn!(error = %e, "recording the destination's readiness failed");
                     }
-                    lock(&state)
-                        .preparing
-                        .remove(task.spec.target.name.as_str());
+                    lock(&state).busy.remove(task.spec.target.name.as_str());
                 });
+            } else {
+                lock(state).busy.remove(&vm_name);
             }
         }
     }
     // The destination removes what it prepared for migrations that did not happen.
+    let mut stale = BTreeSet::new();
     for task in tasks.iter().filter(|t| {
         matches!(t.status.phase, TaskPhase::Failed | TaskPhase::Cancelled)
             && t.spec.destination.as_ref().map(|d| d.as_str()) == Some(me.as_str())
     }) {
-        let vm_name = task.spec.target.name.to_string();
-        let Some(vm) = m.get(VMS, &vm_name)?.and_then(|r| vm_of(&r).ok()) else {
-            continue;
-        };
-        let ours = lock(state).preparing.contains(&vm_name)
-            || vm.status.node.as_deref() == Some(me.as_str())
-            || vm
-                .status
-                .migration
-                .as_ref()
-                .is_some_and(|mg| mg.destination == me);
-        if ours {
+        stale.insert(task.spec.target.name.to_string());
+    }
+    for vm_name in stale {
+        let prepared: Vec<std::path::PathBuf> =
+            match m.get(VMS, &vm_name)?.and_then(|r| vm_of(&r).ok()) {
+                Some(vm) => vm
+                    .spec
+                    .disks
+                    .iter()
+                    .map(|d| disk_path(host, &vm_name, d.name.as_str()))
+                    .filter(|p| p.exists())
+                    .collect(),
+                None => Vec::new(),
+            };
+        if prepared.is_empty() || !lock(state).busy.insert(vm_name.clone()) {
             continue;
         }
-        for d in &vm.spec.disks {
-            let p = disk_path(host, &vm_name, d.name.as_str());
-            if p.exists() {
-                let _ = std::fs::remove_file(&p);
-                info!(vm = %vm_name, task = %task.metadata.name, "removed a disk prepared for a migration that did not happen");
+        // Decided under the VM's busy mark, from the store as it is now: nothing of this
+        // node may prepare for the VM meanwhile, and a newer migration here keeps its files.
+        let keep = match m.get(VMS, &vm_name)?.and_then(|r| vm_of(&r).ok()) {
+            Some(vm) => {
+                vm.status.node.as_deref() == Some(me.as_str())
+                    || vm
+                        .status
+                        .migration
+                        .as_ref()
+                        .is_some_and(|mg| mg.destination == me)
+            }
+            None => false,
+        };
+        if !keep {
+            for p in &prepared {
+                match std::fs::remove_file(p) {
+                    Ok(()) => {
+                        info!(vm = %vm_name, path = %p.display(), "removed a disk prepared for a migration that did not happen")
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        warn!(vm = %vm_name, path = %p.display(), error = %e, "could not remove a disk prepared for a migration that did not happen")
+                    }
+                }
             }
         }
+        lock(state).busy.remove(&vm_name);
     }
     Ok(())
 }
@@ -799,10 +826,16 @@ async fn source_round(
                 lock(state)
                     .last_progress
                     .insert(name.clone(), Instant::now());
-                let percent = Percent::of(p.data_processed, p.data_total);
+                // While libvirt mirrors the disks (copy storage) only the disk counters move;
+                // once memory goes too, the data counters cover both.
+                let (done, total) = (
+                    p.data_processed.max(p.disk_processed),
+                    p.data_total.max(p.disk_total),
+                );
+                let percent = Percent::of(done, total);
                 update_task(m, &name, |t| {
-                    t.status.bytes_done = p.data_processed;
-                    t.status.bytes_total = p.data_total;
+                    t.status.bytes_done = done;
+                    t.status.bytes_total = total;
                     // Never backwards: the total grows while dirtied memory is re-sent.
                     t.status.progress = t.status.progress.max(percent.min(Percent::of(99, 100)));
                 })
@@ -867,9 +900,8 @@ async fn prepare(m: &Member, host: &Host, task: &Task, vm: &Vm) -> Result<(), St
     crate::lifecycle::serial_log_path(&name);
     for d in &vm.spec.disks {
         let path = disk_path(host, &name, d.name.as_str());
-        if path.exists() {
-            continue;
-        }
+        // Never what an earlier, cancelled attempt left: libvirt copies only what the source
+        // has allocated, so a stale overlay could show old blocks. create_overlay replaces it.
         let (backing, size) = match &d.source {
             DiskSource::Image { image, size } => {
                 let (p, f) = crate::images::ensure_local(m, host, image.as_str()).await?;
