@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
-use keel_model::{Bytes, Cidr, GroupStrength, ImageFormat, Name, OsType, SettingKey};
+use keel_model::{
+    Bytes, Cidr, DiskBus, Firmware, GroupStrength, ImageFormat, Name, OsType, SettingKey,
+};
 use serde::de::DeserializeOwned;
 
 /// The default API endpoint when neither `--endpoint`, `KEEL_ENDPOINT` nor a saved login names one.
@@ -167,8 +169,9 @@ pub struct WaitArgs {
 /// `keel image …`.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Creates an image from a local file and uploads it (chunked, resumable, checksum
-    /// verified by the server).
+    /// Creates an image: uploads a local file (chunked, resumable, checksum verified by the
+    /// server), or has a node download a URL (`--url`) or copy a file of its host
+    /// (`--host-path`, `--node`) in the background.
     Import(ImageImportArgs),
     /// Uploads PATH into an existing image whose source is `upload`, resuming where the
     /// server left off.
@@ -204,14 +207,36 @@ pub enum ImageCommand {
     },
 }
 
-/// `keel image import PATH --name NAME …`.
+/// `keel image import PATH --name NAME …`, `keel image import --url URL --name NAME …`,
+/// `keel image import --node NODE --host-path PATH --name NAME …`.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["path", "url", "host_path"])))]
 pub struct ImageImportArgs {
-    /// The local file (qcow2, raw, ISO, vmdk or vhdx).
-    pub path: PathBuf,
+    /// A local file to upload (qcow2, raw, ISO, vmdk or vhdx).
+    pub path: Option<PathBuf>,
+    /// Have a node download this http:// or https:// URL (resumed after dropped
+    /// connections; HTTPS certificates checked against the node's system roots).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Have a node copy this file of its own host (an absolute path).
+    #[arg(long, value_name = "PATH")]
+    pub host_path: Option<String>,
+    /// The node that downloads the URL or has the host path [default: the node that answers].
+    #[arg(long, value_parser = parse_name, value_name = "NODE")]
+    pub node: Option<Name>,
+    /// Expected SHA-256 of the bytes (64 hex digits, `sha256:` prefix optional); the import
+    /// fails when they differ.
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
     /// The image's name.
     #[arg(long, value_parser = parse_name)]
     pub name: Name,
+    /// Firmware guests booted from the image need [default: bios].
+    #[arg(long, value_parser = wire_enum::<Firmware>(&["bios", "uefi"]))]
+    pub firmware: Option<Firmware>,
+    /// Bus the guest has drivers for [default: virtio].
+    #[arg(long, value_parser = wire_enum::<DiskBus>(&["virtio", "sata", "scsi", "ide"]))]
+    pub disk_bus: Option<DiskBus>,
     /// The file's format [default: detected by the server].
     #[arg(long, value_parser = wire_enum::<ImageFormat>(&["raw", "qcow2", "iso", "vmdk", "vhdx"]))]
     pub format: Option<ImageFormat>,
@@ -858,7 +883,7 @@ mod tests {
         let Command::Image(ImageCommand::Import(a)) = cli.command else {
             panic!("not import")
         };
-        assert_eq!(a.path, PathBuf::from("/tmp/d.qcow2"));
+        assert_eq!(a.path, Some(PathBuf::from("/tmp/d.qcow2")));
         assert_eq!(a.name.as_str(), "debian");
         assert_eq!((a.format, a.os_type), (None, None));
         assert!(a.wait.wait);

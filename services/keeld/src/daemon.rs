@@ -461,6 +461,11 @@ async fn become_member(
         host.clone(),
         daemon.shutdown.clone(),
     ));
+    tokio::spawn(crate::images::node_loop(
+        member.clone(),
+        host.clone(),
+        daemon.shutdown.clone(),
+    ));
     drop(discovery);
     info!(node = %identity.name, id = identity.id, "member");
     Ok(())

@@ -1,19 +1,26 @@
 //! The image library: `Image` resources, uploads through the API (chunked, resumable,
-//! checksum-verified), and copies between nodes when a VM needs an image elsewhere.
+//! checksum-verified), imports from a URL or a file on a node ([`import`]), the checks and
+//! conversions every arrived file goes through ([`probe`]), and copies between nodes when a
+//! VM needs an image elsewhere.
 //!
 //! ```text
-//!  POST /images ─▶ record (pending)
-//!  PUT /images/{n}/content [Content-Range] ─▶ the first chunk claims the receiving node
+//!  POST /images ─▶ record (pending); url/file: status.node = source.node or the receiving node
+//!  upload: PUT /images/{n}/content [Content-Range] ─▶ the first chunk claims the receiving node
 //!        ─▶ append to uploads/<n>.part (its length = received; resume from there)
-//!        ─▶ last chunk: sha256 + checksum check, qemu-img info, move to images/<n> ─▶ ready
+//!        ─▶ last chunk: sha256 + checksum check ─▶ uploads/<n>.done ─▶ probe::store ─▶ ready
+//!  url/file: the import loop of status.node (import::node_loop) ─▶ .part ─▶ .done ─▶ probe::store
 //!  node needing it: GET https://<holder>:7443/internal/images/<n> ─▶ verify sha256 ─▶ images/<n>
 //! ```
+
+pub mod import;
+pub mod probe;
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+pub use import::node_loop;
 use keel_model::{Image, ImageCreate, ImageFormat, ImagePhase, ImageSource};
 use keel_store::{Record, Request, Response};
 use serde::{Deserialize, Serialize};
@@ -52,16 +59,36 @@ pub fn image_of(rec: &Record) -> Result<Image, ApiError> {
 pub async fn create(m: &Member, body: ImageCreate) -> Result<Image, ApiError> {
     body.validate()?;
     let name = body.metadata.name.to_string();
-    let image = Image {
+    let mut image = Image {
         metadata: body.metadata.into_metadata(),
         spec: body.spec,
         status: Default::default(),
     };
-    if !matches!(image.spec.source, ImageSource::Upload) {
-        return Err(ApiError::bad(
-            "only uploaded images are supported so far: use source {\"type\":\"upload\"} and PUT the bytes to /api/v1/images/{name}/content (keel image import PATH does both)",
-            Some("spec.source".into()),
-        ));
+    // url and file sources are imported by the node the source names, else by this node:
+    // it is up (it is answering), no other node is involved, and a user who wants the image
+    // elsewhere names the node (or sends the request to that node's API).
+    let importer = match &image.spec.source {
+        ImageSource::Upload => None,
+        ImageSource::Url { node, .. } | ImageSource::File { node, .. } => Some(match node {
+            Some(n) => {
+                let known = m
+                    .list(crate::member::kinds::NODES)?
+                    .iter()
+                    .any(|r| r.name == n.as_str());
+                if !known {
+                    return Err(ApiError::bad(
+                        format!("node {n} is not a member of this cluster (see keel node list)"),
+                        Some("spec.source.node".into()),
+                    ));
+                }
+                n.to_string()
+            }
+            None => m.identity.name.clone(),
+        }),
+    };
+    if let Some(node) = importer {
+        image.status.message = format!("waiting for node {node} to import it");
+        image.status.node = Some(node);
     }
     match m
         .write_ok(Request::Create {
@@ -227,11 +254,17 @@ pub async fn receive(
 /// Verifies a complete upload and makes the image ready (or failed).
 async fn finish(m: &Member, host: &Arc<Host>, name: &str) -> Result<UploadProgress, ApiError> {
     let part = host.pool.upload(name);
+    let Some(_busy) = import::Busy::claim(name) else {
+        return Err(ApiError::Conflict {
+            code: "version_conflict",
+            message: format!("image {name} is being verified already; ask for its status"),
+        });
+    };
     let sum = sha256_file(&part).await?;
     let rec = m
         .get(KIND, name)?
         .ok_or_else(|| ApiError::NotFound(format!("image {name} does not exist")))?;
-    let mut image = image_of(&rec)?;
+    let image = image_of(&rec)?;
     if let Some(want) = &image.spec.checksum {
         if want.sha256_hex() != sum {
             let _ = std::fs::remove_file(&part);
@@ -241,39 +274,31 @@ async fn finish(m: &Member, host: &Arc<Host>, name: &str) -> Result<UploadProgre
             )));
         }
     }
-    let info = qemu_img_info(&part).await?;
-    let format = match info.format.as_str() {
-        "qcow2" => ImageFormat::Qcow2,
-        "raw" if image.spec.format == Some(ImageFormat::Iso) => ImageFormat::Iso,
-        "raw" => ImageFormat::Raw,
-        other => {
-            return Err(ApiError::bad(
-                format!("the image is in {other:?} format; upload qcow2, raw or ISO (convert others with qemu-img)"),
-                Some("spec.format".into()),
-            ))
-        }
-    };
-    let size = file_len(&part);
-    std::fs::rename(&part, host.pool.image(name))
-        .map_err(|e| ApiError::Internal(format!("storing the image: {e}")))?;
+    let received = file_len(&part);
+    std::fs::rename(&part, import::done_path(host, name))
+        .map_err(|e| ApiError::Internal(format!("keeping the upload: {e}")))?;
     let _ = std::fs::remove_file(part.with_extension("total"));
-    image.status.phase = ImagePhase::Ready;
-    image.status.sha256 = Some(sum);
-    image.status.format = Some(format);
-    image.status.size_bytes = size;
-    image.status.virtual_size_bytes = info.virtual_size;
-    image.status.node = Some(m.identity.name.clone());
-    m.write_ok(Request::Put {
-        kind: KIND.into(),
-        name: name.into(),
-        value: encode(&image)?,
-        expected_version: Some(rec.version),
-    })
-    .await?;
-    info!(image = %name, size, "image ready");
+    match import::finalize(m, host, &image, Some(sum)).await {
+        Ok(()) => {}
+        Err(import::Stop::Fatal(message)) => {
+            import::fail(m, host, &image, message.clone()).await;
+            return Err(ApiError::bad(
+                format!("image {name} failed: {message}"),
+                None,
+            ));
+        }
+        Err(import::Stop::Gone) => {
+            return Err(ApiError::NotFound(format!("image {name} was deleted")))
+        }
+        Err(import::Stop::Retry { message, .. }) => {
+            return Err(ApiError::Internal(format!(
+                "image {name} has all its bytes but could not be stored yet ({message}); this node finishes it on its own"
+            )))
+        }
+    }
     Ok(UploadProgress {
-        received: size,
-        total: size,
+        received,
+        total: received,
         complete: true,
     })
 }
@@ -292,36 +317,7 @@ pub async fn sha256_file(path: &Path) -> Result<String, ApiError> {
     .map_err(|e| ApiError::Internal(format!("reading the image: {e}")))
 }
 
-/// What `qemu-img info` says of a file.
-#[derive(Debug, Deserialize)]
-pub struct ImgInfo {
-    /// Detected format.
-    pub format: String,
-    /// Size the guest sees.
-    #[serde(rename = "virtual-size")]
-    pub virtual_size: u64,
-}
-
-/// Runs `qemu-img info --output=json` (its JSON is the stable interface; there is no library).
-pub async fn qemu_img_info(path: &Path) -> Result<ImgInfo, ApiError> {
-    let out = tokio::process::Command::new("qemu-img")
-        .args(["info", "--output=json", "-U"])
-        .arg(path)
-        .output()
-        .await
-        .map_err(|e| ApiError::Internal(format!("running qemu-img: {e}")))?;
-    if !out.status.success() {
-        return Err(ApiError::bad(
-            format!(
-                "the file is not a disk image qemu-img understands: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            None,
-        ));
-    }
-    serde_json::from_slice(&out.stdout)
-        .map_err(|e| ApiError::Internal(format!("qemu-img info output: {e}")))
-}
+pub use probe::{qemu_img_info, ImgInfo};
 
 /// Makes sure image `name` is on this node, copying it from the node that holds it.
 pub async fn ensure_local(
@@ -364,7 +360,12 @@ pub async fn ensure_local(
         .await
         .map_err(|e| format!("copying image {name} from {holder}: {e}"))?;
     let sum = sha256_file(&tmp).await.map_err(|e| e.to_string())?;
-    if Some(&sum) != image.status.sha256.as_ref() {
+    let want = image
+        .status
+        .file_sha256
+        .as_ref()
+        .or(image.status.sha256.as_ref());
+    if Some(&sum) != want {
         let _ = std::fs::remove_file(&tmp);
         return Err(format!(
             "the copy of image {name} from {holder} has the wrong checksum"

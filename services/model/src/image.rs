@@ -11,7 +11,7 @@ use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use utoipa::ToSchema;
 
 use crate::{
-    validate_labels, Arch, DiskBus, Firmware, Metadata, NewMetadata, OsType, ValidationError,
+    validate_labels, Arch, DiskBus, Firmware, Metadata, Name, NewMetadata, OsType, ValidationError,
 };
 
 /// An image in the library.
@@ -59,15 +59,22 @@ pub enum ImageSource {
     /// Uploaded through the API (`PUT /api/v1/images/{name}/upload`, resumable) after the
     /// image is created.
     Upload,
-    /// A file on the node that handles the request.
+    /// A file on a node's host, copied into the library by that node.
     File {
-        /// Absolute path of the file.
+        /// Absolute path of the file (no `..`).
         path: String,
+        /// The node whose host has the file [default: the node that handles the request].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<Name>,
     },
-    /// Downloaded over HTTP or HTTPS.
+    /// Downloaded over HTTP or HTTPS (certificates checked against the system's roots),
+    /// resuming with Range requests after a dropped connection.
     Url {
         /// `http://` or `https://` URL.
         url: String,
+        /// The node that downloads and keeps it [default: the node that handles the request].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<Name>,
     },
 }
 
@@ -195,6 +202,31 @@ pub struct ImageStatus {
     /// Why the import failed, or what it is doing.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// How far a download or copy has come (while importing from a URL or a file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ImageProgress>,
+    /// SHA-256 of the stored file when it differs from the source's (a converted image):
+    /// copies to other nodes are checked against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_sha256: Option<String>,
+}
+
+/// Bytes of an import's source done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageProgress {
+    /// Bytes downloaded or copied so far.
+    pub done_bytes: u64,
+    /// Bytes in all (0 while unknown: a server that sends no length).
+    pub total_bytes: u64,
+}
+
+impl ImageProgress {
+    /// Percent done, when the total is known.
+    pub fn percent(&self) -> Option<u64> {
+        (u128::from(self.done_bytes) * 100)
+            .checked_div(u128::from(self.total_bytes))
+            .map(|p| p.min(100) as u64)
+    }
 }
 
 impl ImageStatus {
@@ -209,6 +241,16 @@ impl ImageStatus {
 pub const MAX_URL_LEN: usize = 2048;
 /// Longest host path accepted.
 pub const MAX_PATH_LEN: usize = 4096;
+
+impl ImageSource {
+    /// The node named in the source (`file` and `url` can name one).
+    pub fn node(&self) -> Option<&Name> {
+        match self {
+            ImageSource::Upload => None,
+            ImageSource::File { node, .. } | ImageSource::Url { node, .. } => node.as_ref(),
+        }
+    }
+}
 
 impl ImageSpec {
     /// A spec with defaults for everything but the source.
@@ -228,8 +270,8 @@ impl ImageSpec {
     pub fn validate(&self) -> Result<(), ValidationError> {
         match &self.source {
             ImageSource::Upload => Ok(()),
-            ImageSource::File { path } => check_host_path("source.path", path),
-            ImageSource::Url { url } => check_url("source.url", url),
+            ImageSource::File { path, .. } => check_host_path("source.path", path),
+            ImageSource::Url { url, .. } => check_url("source.url", url),
         }
     }
 }
@@ -383,9 +425,17 @@ mod tests {
         assert_eq!(
             file,
             ImageSource::File {
-                path: "/var/tmp/x.iso".into()
+                path: "/var/tmp/x.iso".into(),
+                node: None,
             }
         );
+        let on: ImageSource =
+            serde_json::from_str(r#"{"type":"file","path":"/x.img","node":"node2"}"#).unwrap();
+        assert!(matches!(on, ImageSource::File { node: Some(n), .. } if n.as_str() == "node2"));
+        assert!(serde_json::from_str::<ImageSource>(
+            r#"{"type":"file","path":"/x.img","node":"Not A Name"}"#
+        )
+        .is_err());
         let up: ImageSource = serde_json::from_str(r#"{"type":"upload"}"#).unwrap();
         assert_eq!(up, ImageSource::Upload);
         assert!(serde_json::from_str::<ImageSource>(r#"{"type":"ftp","url":"x"}"#).is_err());
@@ -398,36 +448,42 @@ mod tests {
             (
                 ImageSource::File {
                     path: "relative.img".into(),
+                    node: None,
                 },
                 "absolute",
             ),
             (
                 ImageSource::File {
                     path: "/a/../etc/shadow".into(),
+                    node: None,
                 },
                 "'..'",
             ),
             (
                 ImageSource::File {
                     path: "/a\nb".into(),
+                    node: None,
                 },
                 "control",
             ),
             (
                 ImageSource::Url {
                     url: "ftp://x/y".into(),
+                    node: None,
                 },
                 "http:// or https://",
             ),
             (
                 ImageSource::Url {
                     url: "https:///y".into(),
+                    node: None,
                 },
                 "no host",
             ),
             (
                 ImageSource::Url {
                     url: "https://h/a b".into(),
+                    node: None,
                 },
                 "spaces",
             ),

@@ -66,8 +66,8 @@ mod volume;
 pub use condition::{find_condition, set_condition, Condition, ConditionStatus};
 pub use hardware::{Arch, DiskBus, Firmware, NicModel, OsType};
 pub use image::{
-    Checksum, Image, ImageCreate, ImageFormat, ImagePhase, ImageSource, ImageSpec, ImageStatus,
-    ImageUpdate,
+    Checksum, Image, ImageCreate, ImageFormat, ImagePhase, ImageProgress, ImageSource, ImageSpec,
+    ImageStatus, ImageUpdate,
 };
 pub use mac::MacAddr;
 pub use new_metadata::{validate_labels, NewMetadata, MAX_LABELS};

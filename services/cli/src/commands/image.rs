@@ -1,5 +1,9 @@
 //! `keel image import|upload|list|show|delete`.
 //!
+//! `import --url URL` and `import --host-path PATH [--node NODE]` only create the image: a
+//! node downloads or copies the bytes in the background, and `--wait` follows its progress
+//! (`status.progress`) until the image is ready or failed. `import PATH` uploads:
+//!
 //! ```text
 //!  import PATH --name N:  sha256(PATH) ─▶ POST /images {source: upload, checksum}
 //!        ─▶ GET /images/N/content {received} ─▶ PUT /images/N/content  bytes S-E/T  (8 MiB)
@@ -574,12 +578,114 @@ pub fn existing(image: &Image, checksum: &Checksum) -> Existing {
     }
 }
 
-/// `keel image import PATH --name NAME …`.
+/// `--sha256 HEX` (or `sha256:HEX`) as a checksum.
+pub fn parse_sha256(s: &str) -> anyhow::Result<Checksum> {
+    let hex = s.trim();
+    let hex = hex.strip_prefix("sha256:").unwrap_or(hex);
+    format!("sha256:{hex}")
+        .parse()
+        .map_err(|_: keel_model::ValidationError| {
+            anyhow::anyhow!("--sha256 {s:?} is not a SHA-256 digest: give its 64 hex digits")
+        })
+}
+
+/// The spec `import` sends: the source, the checksum and the guest hints given.
+pub fn import_spec(
+    args: &ImageImportArgs,
+    source: ImageSource,
+    checksum: Option<Checksum>,
+) -> ImageSpec {
+    let mut spec = ImageSpec::from_source(source);
+    spec.format = args.format;
+    spec.os_type = args.os_type.unwrap_or_default();
+    spec.firmware = args.firmware.unwrap_or_default();
+    spec.disk_bus = args.disk_bus.unwrap_or_default();
+    spec.checksum = checksum;
+    spec
+}
+
+/// `keel image import PATH|--url URL|--host-path PATH --name NAME …`.
 pub async fn import(client: &ApiClient, args: &ImageImportArgs) -> anyhow::Result<()> {
+    let expected = args.sha256.as_deref().map(parse_sha256).transpose()?;
+    let node = args.node.clone();
+    let source = match (&args.path, &args.url, &args.host_path) {
+        (Some(path), None, None) => {
+            if node.is_some() {
+                bail!("--node applies to --url and --host-path; a local PATH is uploaded through the API");
+            }
+            return import_upload(client, args, path, expected).await;
+        }
+        (None, Some(url), None) => ImageSource::Url {
+            url: url.clone(),
+            node,
+        },
+        (None, None, Some(path)) => ImageSource::File {
+            path: path.clone(),
+            node,
+        },
+        _ => bail!("give exactly one of PATH, --url URL or --host-path PATH"),
+    };
     let name = &args.name;
-    let len = file_len(&args.path)?;
-    let checksum = checksum_file(&args.path, len).await?;
-    let body = import_body(name, args.format, args.os_type, checksum.clone());
+    let body = ImageCreate {
+        metadata: NewMetadata::named(name.clone()),
+        spec: import_spec(args, source, expected),
+    };
+    body.validate()
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+    let created: Result<Image, ClientError> = client
+        .request(Method::POST, "/api/v1/images", Some(&body))
+        .await;
+    match created {
+        Ok(image) => eprintln!(
+            "created image {name}; {}",
+            or_dash(
+                image
+                    .status
+                    .node
+                    .as_deref()
+                    .map(|n| format!("node {n} imports it"))
+            )
+        ),
+        Err(e) if e.status() == Some(StatusCode::CONFLICT) => {
+            let image: Image = client.get(&format!("/api/v1/images/{name}")).await?;
+            if image.spec.source != body.spec.source || image.spec.checksum != body.spec.checksum {
+                bail!("image {name} already exists with another source; delete it (keel image delete {name}) or pick another --name");
+            }
+            if image.status.phase == ImagePhase::Failed {
+                bail!(
+                    "image {name} exists and failed ({}); delete it (keel image delete {name}) and import again",
+                    image.status.message
+                );
+            }
+            eprintln!("image {name} already exists with the same source");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    finish(client, name, args.wait, args.out.output).await
+}
+
+/// `keel image import PATH`: create + chunked upload.
+async fn import_upload(
+    client: &ApiClient,
+    args: &ImageImportArgs,
+    path: &Path,
+    expected: Option<Checksum>,
+) -> anyhow::Result<()> {
+    let name = &args.name;
+    let len = file_len(path)?;
+    let checksum = checksum_file(path, len).await?;
+    if let Some(want) = &expected {
+        if *want != checksum {
+            bail!(
+                "{} has {checksum}, not the {want} given with --sha256",
+                path.display()
+            );
+        }
+    }
+    let body = ImageCreate {
+        metadata: NewMetadata::named(name.clone()),
+        spec: import_spec(args, ImageSource::Upload, Some(checksum.clone())),
+    };
     let created: Result<Image, ClientError> = client
         .request(Method::POST, "/api/v1/images", Some(&body))
         .await;
@@ -605,7 +711,7 @@ pub async fn import(client: &ApiClient, args: &ImageImportArgs) -> anyhow::Resul
         Err(e) => return Err(e.into()),
     };
     if upload_needed {
-        upload_file(client, name, &args.path, len).await?;
+        upload_file(client, name, path, len).await?;
     }
     finish(client, name, args.wait, args.out.output).await
 }
@@ -697,15 +803,30 @@ async fn finish(
 ) -> anyhow::Result<()> {
     let path = format!("/api/v1/images/{name}");
     let deadline = Instant::now() + Duration::from_secs(wait.timeout);
+    let mut line: Option<ProgressLine> = None;
     loop {
         let image: Image = client.get(&path).await?;
         let phase = image.status.phase;
+        if wait.wait {
+            if let Some(p) = image.status.progress {
+                line.get_or_insert_with(|| ProgressLine::new(format!("importing {name}")))
+                    .update(p.done_bytes, p.total_bytes.max(p.done_bytes));
+            }
+        }
         let done = match phase {
             ImagePhase::Ready => true,
-            ImagePhase::Failed => bail!("image {name} failed: {}", image.status.message),
+            ImagePhase::Failed => {
+                if let Some(l) = line.as_mut() {
+                    l.finish();
+                }
+                bail!("image {name} failed: {}", image.status.message)
+            }
             ImagePhase::Pending | ImagePhase::Importing => !wait.wait,
         };
         if done {
+            if let Some(l) = line.as_mut() {
+                l.finish();
+            }
             return output::print(format, &image, |i| render_list(std::slice::from_ref(i)));
         }
         if Instant::now() >= deadline {
@@ -789,8 +910,11 @@ pub fn render_list(images: &[Image]) -> String {
 fn source_cell(source: &ImageSource) -> String {
     match source {
         ImageSource::Upload => "upload".into(),
-        ImageSource::File { path } => format!("file {path}"),
-        ImageSource::Url { url } => format!("url {url}"),
+        ImageSource::File { path, node } => match node {
+            Some(n) => format!("file {path} on {n}"),
+            None => format!("file {path}"),
+        },
+        ImageSource::Url { url, .. } => format!("url {url}"),
     }
 }
 
@@ -800,6 +924,14 @@ pub fn render_show(i: &Image) -> String {
     let mut pairs = vec![("name", i.metadata.name.clone()), ("phase", phase_cell(i))];
     if !s.message.is_empty() {
         pairs.push(("message", s.message.clone()));
+    }
+    if let Some(p) = s.progress {
+        pairs.push((
+            "progress",
+            progress_text("", p.done_bytes, p.total_bytes.max(p.done_bytes))
+                .trim_start_matches(": ")
+                .to_string(),
+        ));
     }
     pairs.extend([
         ("source", source_cell(&i.spec.source)),
@@ -1303,6 +1435,68 @@ mod tests {
         assert!(show.contains("virtual size:  2 GiB\n"), "{show}");
         assert!(show.contains(&format!("checksum:      {SUM}\n")), "{show}");
         assert!(show.contains("source:        upload\n"), "{show}");
+    }
+
+    fn import_args(args: &[&str]) -> Result<ImageImportArgs, clap::Error> {
+        use clap::Parser as _;
+        let mut all = vec!["keel", "image", "import"];
+        all.extend_from_slice(args);
+        match crate::cli::Cli::try_parse_from(all)?.command {
+            crate::cli::Command::Image(ImageCommand::Import(a)) => Ok(a),
+            other => panic!("not import: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn import_forms() {
+        let a = import_args(&[
+            "--url",
+            "https://example.org/d.qcow2",
+            "--name",
+            "d",
+            "--sha256",
+            &SUM[7..],
+            "--firmware",
+            "uefi",
+            "--wait",
+        ])
+        .unwrap();
+        assert_eq!(a.url.as_deref(), Some("https://example.org/d.qcow2"));
+        assert!(a.path.is_none() && a.wait.wait);
+        let sum = parse_sha256(a.sha256.as_deref().unwrap()).unwrap();
+        assert_eq!(sum.to_string(), SUM);
+        let spec = import_spec(
+            &a,
+            ImageSource::Url {
+                url: a.url.clone().unwrap(),
+                node: None,
+            },
+            Some(sum),
+        );
+        assert_eq!(spec.firmware, keel_model::Firmware::Uefi);
+        assert_eq!(
+            serde_json::to_value(&spec.source).unwrap(),
+            serde_json::json!({"type": "url", "url": "https://example.org/d.qcow2"})
+        );
+        let a = import_args(&[
+            "--node",
+            "node2",
+            "--host-path",
+            "/var/tmp/w.vmdk",
+            "--name",
+            "w",
+            "--disk-bus",
+            "sata",
+        ])
+        .unwrap();
+        assert_eq!(a.node.as_ref().map(|n| n.as_str()), Some("node2"));
+        assert_eq!(a.disk_bus, Some(keel_model::DiskBus::Sata));
+        // One source, and only one.
+        assert!(import_args(&["--name", "x"]).is_err());
+        assert!(import_args(&["f", "--url", "http://h/x", "--name", "x"]).is_err());
+        assert!(import_args(&["--url", "http://h/x", "--host-path", "/x", "--name", "x"]).is_err());
+        assert!(parse_sha256("sha256:abc").is_err());
+        assert_eq!(parse_sha256(SUM).unwrap().to_string(), SUM);
     }
 
     #[test]
