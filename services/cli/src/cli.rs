@@ -356,6 +356,32 @@ pub struct VmCreateArgs {
     /// Add a NIC `net0` on this network (for now: the node bridge's name).
     #[arg(long, value_name = "NET")]
     pub network: Option<String>,
+    /// Firmware [default: the image's, else bios].
+    #[arg(long, value_parser = wire_enum::<Firmware>(&["bios", "uefi"]))]
+    pub firmware: Option<Firmware>,
+    /// Attach this ISO image (format iso) as a read-only CD-ROM.
+    #[arg(long, value_parser = parse_name, value_name = "IMAGE")]
+    pub iso: Option<Name>,
+    /// Boot order: device names separated by commas (`root` for the disk, `iso`, `net0`)
+    /// [default: the ISO if attached, then the disk].
+    #[arg(long, value_delimiter = ',', value_parser = parse_name, value_name = "DEVICES")]
+    pub boot: Vec<Name>,
+    /// cloud-init: the guest's hostname [default: the VM's name].
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// cloud-init: an SSH public key, or a file holding one key per line (repeatable).
+    #[arg(long, value_name = "FILE_OR_KEY")]
+    pub ssh_key: Vec<String>,
+    /// cloud-init: a file with the default user's password (plain or a crypt(3) hash;
+    /// Keel stores only a hash).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// cloud-init: a user-data file used as is (#cloud-config or a #! script).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ssh_key", "password_file"])]
+    pub user_data: Option<PathBuf>,
+    /// Start the VM again when its node's host restarts (off: it is left stopped).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub autostart: bool,
     /// Create the VM without starting it.
     #[arg(long)]
     pub stopped: bool,
@@ -938,6 +964,86 @@ mod tests {
             Command::Image(ImageCommand::Delete { ref name }) if name.as_str() == "debian"
         ));
         assert!(parse(&["image", "show", "Debian"]).is_err());
+    }
+
+    #[test]
+    fn vm_create_boot_config_forms() {
+        let cli = parse(&[
+            "vm",
+            "create",
+            "inst",
+            "--image",
+            "debian",
+            "--cpus",
+            "1",
+            "--memory",
+            "512MiB",
+            "--firmware",
+            "uefi",
+            "--iso",
+            "netinst",
+            "--boot",
+            "iso,root",
+            "--hostname",
+            "h1",
+            "--ssh-key",
+            "ssh-ed25519 AAAA k",
+            "--ssh-key",
+            "/tmp/keys",
+            "--password-file",
+            "/tmp/pw",
+            "--autostart",
+            "false",
+        ])
+        .unwrap();
+        let Command::Vm(VmCommand::Create(a)) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(a.firmware, Some(Firmware::Uefi));
+        assert_eq!(a.iso.as_ref().map(Name::as_str), Some("netinst"));
+        let boot: Vec<&str> = a.boot.iter().map(Name::as_str).collect();
+        assert_eq!(boot, ["iso", "root"]);
+        assert_eq!(a.hostname.as_deref(), Some("h1"));
+        assert_eq!(a.ssh_key, ["ssh-ed25519 AAAA k", "/tmp/keys"]);
+        assert!(a.password_file.is_some() && !a.autostart);
+        let cli = parse(&[
+            "vm", "create", "b", "--image", "d", "--cpus", "1", "--memory", "1G",
+        ])
+        .unwrap();
+        let Command::Vm(VmCommand::Create(a)) = cli.command else {
+            panic!("not create")
+        };
+        assert!(a.autostart && a.firmware.is_none() && a.boot.is_empty());
+        assert!(parse(&[
+            "vm",
+            "create",
+            "b",
+            "--image",
+            "d",
+            "--cpus",
+            "1",
+            "--memory",
+            "1G",
+            "--firmware",
+            "efi",
+        ])
+        .is_err());
+        assert!(parse(&[
+            "vm",
+            "create",
+            "b",
+            "--image",
+            "d",
+            "--cpus",
+            "1",
+            "--memory",
+            "1G",
+            "--user-data",
+            "/u",
+            "--ssh-key",
+            "ssh-rsa A",
+        ])
+        .is_err());
     }
 
     #[test]

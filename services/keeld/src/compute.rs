@@ -20,7 +20,7 @@ use keel_model::{
     set_condition, Condition, ConditionStatus, DiskSource, Name, Vm, VmCreate, VmGroup, VmPhase,
 };
 use keel_store::{Record, Request, Response};
-use keel_virt::{Boot, CpuMode, DomainSpec, DomainType, Firmware, Hypervisor, ShutdownMode};
+use keel_virt::{CpuMode, DomainSpec, DomainType, Hypervisor, ShutdownMode};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -105,9 +105,11 @@ fn inputs(m: &Member) -> Result<Inputs, ApiError> {
 }
 
 /// Creates a VM after checking everything it refers to; refuses what can never be placed.
-pub async fn create(m: &Member, body: VmCreate) -> Result<Vm, ApiError> {
+pub async fn create(m: &Member, mut body: VmCreate) -> Result<Vm, ApiError> {
     body.validate()?;
     m.linearizable().await?;
+    // The ISO is a ready iso image; a plain cloud-init password is stored hashed.
+    crate::cloudinit::check_create(m, &mut body)?;
     for (i, d) in body.spec.disks.iter().enumerate() {
         if let DiskSource::Image { image, .. } = &d.source {
             let field = format!("spec.disks[{i}].source.image");
@@ -255,11 +257,24 @@ pub async fn node_loop(m: Arc<Member>, host: Arc<Host>, mut shutdown: watch::Rec
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut wake = crate::wake::Wake::new(m.clone(), &[VMS]);
     let mut usage = crate::usage::Sampler::default();
+    let mut booted = false;
     loop {
         tokio::select! { _ = tick.tick() => {} _ = wake.changed() => {} _ = shutdown.changed() => return }
         let Some((hv, kvm)) = host.hv.get().cloned() else {
             continue;
         };
+        // Once per host boot, before anything is started: autostart (crate::cloudinit).
+        if !booted {
+            match crate::cloudinit::boot_policy(&m, &hv).await {
+                Ok(done) => booted = done,
+                Err(e) => {
+                    warn!(error = %e, "applying autostart after the host booted failed; retrying")
+                }
+            }
+            if !booted {
+                continue;
+            }
+        }
         let me = m.identity.name.clone();
         let vms: Vec<Vm> = match m.list(VMS) {
             Ok(recs) => recs
@@ -322,6 +337,7 @@ async fn reconcile(
             .map_err(|e| e.to_string())?;
         }
         crate::storage::release_disks(m, host, &vm).await?;
+        crate::cloudinit::remove_files(host, &vm.metadata.uid)?;
         m.write_ok(Request::Delete {
             kind: VMS.into(),
             name: name.clone(),
@@ -352,6 +368,8 @@ async fn reconcile(
     crate::hotplug::finish_rename(m, hv, &vm).await?;
     // Disks: Volume records and files (crate::storage).
     let disks = crate::storage::prepare_disks(m, host, &vm).await?;
+    // Firmware, ISO, cloud-init seed and boot order (crate::cloudinit).
+    let boot = crate::cloudinit::prepare(m, host, &vm).await?;
     // Domain.
     let uid: uuid::Uuid = vm
         .metadata
@@ -376,9 +394,10 @@ async fn reconcile(
             DomainType::Qemu
         },
         cpu,
-        firmware: Firmware::Bios,
-        boot: Boot::Disk,
+        firmware: boot.firmware,
+        boot: boot.boot,
         disks,
+        cdroms: boot.cdroms,
         nics: crate::network::prepare_nics(&vm).await?,
         vnc: crate::console::domain_vnc(&name),
         guest_agent: true,

@@ -17,6 +17,7 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod compute;
+pub mod cloudinit;
 pub mod console;
 pub mod daemon;
 pub mod discovery;

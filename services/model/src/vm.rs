@@ -293,7 +293,8 @@ pub struct CloudInit {
     /// SSH public keys for the default user.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_keys: Vec<String>,
-    /// Password for the default user (plain or a crypt(3) hash).
+    /// Password for the default user (plain or a crypt(3) hash). keeld stores only a
+    /// SHA-512 crypt hash (`$6$...`) of a plain password, so reads never show it in clear.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
     /// A complete user-data document, used as is; instead of `ssh_keys` and `password`.
@@ -841,6 +842,12 @@ impl CloudInit {
                         ud.len(),
                         Self::MAX_USER_DATA
                     ),
+                ));
+            }
+            if !(ud.starts_with("#cloud-config") || ud.starts_with("#!")) {
+                return Err(ValidationError::new(
+                    "user_data",
+                    "user-data must start with #cloud-config (a cloud-config document) or #! (a script)",
                 ));
             }
             if !self.ssh_keys.is_empty() || self.password.is_some() {

@@ -67,6 +67,7 @@ impl Fixture {
             },
             disks: Vec::new(),
             nics: Vec::new(),
+            cdroms: Vec::new(),
             vnc: None,
             guest_agent: false,
             serial_log: None,

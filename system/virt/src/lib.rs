@@ -79,8 +79,8 @@ pub use kvm_probe::{KvmProbe, KvmStatus};
 pub use libvirt::Libvirt;
 pub use live::{LiveDisk, LiveDomain, LiveNic};
 pub use spec::{
-    Boot, BridgeName, CpuMode, CpuModel, Disk, DiskFormat, DomainName, DomainSpec, DomainType,
-    Firmware, Hotplug, IoTune, MacAddr, Nic, ValidationError, Vnc,
+    Boot, BootDevice, BridgeName, Cdrom, CpuMode, CpuModel, Disk, DiskFormat, DomainName,
+    DomainSpec, DomainType, Firmware, Hotplug, IoTune, MacAddr, Nic, ValidationError, Vnc,
 };
 pub use watch::{DomainEvent, StateWatcher};
 pub use xml::{XmlError, KEEL_METADATA_NS};

@@ -53,6 +53,7 @@ fn guest_spec(name: &str, boot: Boot, disks: Vec<Disk>) -> Result<DomainSpec> {
         boot,
         disks,
         nics: Vec::new(),
+        cdroms: Vec::new(),
         vnc: None,
         guest_agent: false,
         serial_log: None,

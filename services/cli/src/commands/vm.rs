@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use keel_model::{
-    find_condition, Condition, ConditionStatus, DiskSource, GroupPolicy, GroupStrength, Name,
-    NewMetadata, NicModel, PowerState, Vm, VmCreate, VmDisk, VmGroup, VmGroupCreate, VmGroupSpec,
-    VmNic, VmPhase, VmPlacement, VmSpec,
+    find_condition, CloudInit, Condition, ConditionStatus, DiskSource, GroupPolicy, GroupStrength,
+    Name, NewMetadata, NicModel, PowerState, Vm, VmCreate, VmDisk, VmGroup, VmGroupCreate,
+    VmGroupSpec, VmNic, VmPhase, VmPlacement, VmSpec,
 };
 use reqwest::{Method, StatusCode};
 
@@ -89,6 +89,11 @@ pub fn create_body(args: &VmCreateArgs) -> anyhow::Result<VmCreate> {
             model: NicModel::default(),
         }];
     }
+    spec.firmware = args.firmware;
+    spec.iso = args.iso.clone();
+    spec.boot_order = args.boot.clone();
+    spec.autostart = args.autostart;
+    spec.cloud_init = cloud_init(args)?;
     spec.power_state = if args.stopped {
         PowerState::Stopped
     } else {
@@ -111,9 +116,55 @@ pub fn create_body(args: &VmCreateArgs) -> anyhow::Result<VmCreate> {
     Ok(body)
 }
 
+/// The cloud-init seed of `keel vm create`: none unless one of its options is given.
+fn cloud_init(args: &VmCreateArgs) -> anyhow::Result<Option<CloudInit>> {
+    if args.hostname.is_none()
+        && args.ssh_key.is_empty()
+        && args.password_file.is_none()
+        && args.user_data.is_none()
+    {
+        return Ok(None);
+    }
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))
+    };
+    let mut ssh_keys = Vec::new();
+    for k in &args.ssh_key {
+        // A key as given, else a file of keys (one per line, as authorized_keys).
+        if k.starts_with("ssh-") || k.starts_with("ecdsa-") || k.starts_with("sk-") {
+            ssh_keys.push(k.trim().to_string());
+        } else {
+            let text = read(std::path::Path::new(k))?;
+            ssh_keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+    }
+    let password = match &args.password_file {
+        Some(p) => Some(read(p)?.trim_end_matches(['\n', '\r']).to_string()),
+        None => None,
+    };
+    let user_data = args.user_data.as_deref().map(read).transpose()?;
+    Ok(Some(CloudInit {
+        hostname: args.hostname.clone(),
+        ssh_keys,
+        password,
+        user_data,
+    }))
+}
+
 /// The option of `keel vm create` that sets a field of the body.
 pub fn flag_for(field: &str) -> Option<&'static str> {
     match field {
+        "spec.iso" => Some("--iso"),
+        f if f.starts_with("spec.boot_order") => Some("--boot"),
+        "spec.cloud_init.hostname" => Some("--hostname"),
+        f if f.starts_with("spec.cloud_init.ssh_keys") => Some("--ssh-key"),
+        "spec.cloud_init.password" => Some("--password-file"),
+        "spec.cloud_init.user_data" => Some("--user-data"),
         "spec.cpus" => Some("--cpus"),
         "spec.memory" => Some("--memory"),
         f if f.starts_with("spec.disks") => Some("--disk"),
@@ -567,6 +618,80 @@ mod tests {
             Command::Vm(VmCommand::Create(a)) => Ok(a),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_create_body_carries_firmware_iso_boot_order_and_cloud_init() {
+        let dir = std::env::temp_dir().join(format!("keel-cli-ci-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let keys = dir.join("keys");
+        std::fs::write(
+            &keys,
+            "# mine\nssh-ed25519 AAAA one\n\necdsa-sha2-nistp256 BBBB two\n",
+        )
+        .unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "hunter2\n").unwrap();
+        let (keys_s, pw_s) = (keys.to_string_lossy(), pw.to_string_lossy());
+        let args = create_args(&[
+            "inst",
+            "--image",
+            "debian",
+            "--cpus",
+            "1",
+            "--memory",
+            "256MiB",
+            "--firmware",
+            "uefi",
+            "--iso",
+            "netinst",
+            "--boot",
+            "iso,root",
+            "--hostname",
+            "box",
+            "--ssh-key",
+            "ssh-rsa CCCC three",
+            "--ssh-key",
+            &keys_s,
+            "--password-file",
+            &pw_s,
+            "--autostart",
+            "false",
+        ])
+        .unwrap();
+        let json = serde_json::to_value(create_body(&args).unwrap()).unwrap();
+        let spec = &json["spec"];
+        assert_eq!(spec["firmware"], "uefi");
+        assert_eq!(spec["iso"], "netinst");
+        assert_eq!(spec["boot_order"], serde_json::json!(["iso", "root"]));
+        assert_eq!(spec["autostart"], false);
+        assert_eq!(
+            spec["cloud_init"],
+            serde_json::json!({"hostname": "box", "password": "hunter2", "ssh_keys": [
+                "ssh-rsa CCCC three", "ssh-ed25519 AAAA one", "ecdsa-sha2-nistp256 BBBB two"]})
+        );
+        // Checked before any request, naming the option.
+        let args = create_args(&[
+            "x",
+            "--image",
+            "d",
+            "--cpus",
+            "1",
+            "--memory",
+            "256MiB",
+            "--hostname",
+            "not_dns",
+        ])
+        .unwrap();
+        let err = create_body(&args).unwrap_err().to_string();
+        assert!(err.contains("--hostname"), "{err}");
+        let args = create_args(&[
+            "x", "--image", "d", "--cpus", "1", "--memory", "256MiB", "--boot", "cdrom",
+        ])
+        .unwrap();
+        let err = create_body(&args).unwrap_err().to_string();
+        assert!(err.contains("--boot"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub struct DomainSpec {
     pub domain_type: DomainType,
     /// The CPU the guest sees.
     pub cpu: CpuMode,
-    /// Firmware; BIOS only for now.
+    /// Firmware: BIOS (SeaBIOS) or UEFI (OVMF with a per-domain variable store).
     #[serde(default)]
     pub firmware: Firmware,
     /// What the guest boots.
@@ -54,6 +54,9 @@ pub struct DomainSpec {
     /// Disks, in target order (`vda`, `vdb`, ...).
     #[serde(default)]
     pub disks: Vec<Disk>,
+    /// Read-only CD-ROMs on the SATA bus, in target order (`sda`, `sdb`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdroms: Vec<Cdrom>,
     /// NICs, in PCI order.
     #[serde(default)]
     pub nics: Vec<Nic>,
@@ -94,12 +97,34 @@ impl DomainType {
 }
 
 /// Guest firmware.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Firmware {
-    /// SeaBIOS. UEFI (OVMF, with per-domain NVRAM) is to come.
+    /// SeaBIOS.
     #[default]
     Bios,
+    /// UEFI (OVMF): the firmware code as read-only pflash, and a variable store (NVRAM) of
+    /// the domain's own, which libvirt copies from `vars_template` when it does not exist.
+    Uefi {
+        /// Absolute path of the firmware code (`OVMF_CODE*.fd`).
+        loader: PathBuf,
+        /// Absolute path of the pristine variable store (`OVMF_VARS*.fd`).
+        vars_template: PathBuf,
+        /// Absolute path of this domain's variable store.
+        nvram: PathBuf,
+    },
+}
+
+/// A device the firmware may boot from, by its index in the spec's lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootDevice {
+    /// `disks[i]`.
+    Disk(usize),
+    /// `cdroms[i]`.
+    Cdrom(usize),
+    /// `nics[i]` (network boot).
+    Nic(usize),
 }
 
 /// What the guest boots.
@@ -119,6 +144,20 @@ pub enum Boot {
     },
     /// The firmware boots the first disk.
     Disk,
+    /// The firmware tries these devices in this order (`<boot order='N'/>` on each).
+    Order {
+        /// Devices, first to try first.
+        devices: Vec<BootDevice>,
+    },
+}
+
+/// A read-only CD-ROM backed by an ISO 9660 image file on the host (an installer ISO, a
+/// cloud-init seed). Targets are assigned by position: `sda`, `sdb`, ... on the SATA bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cdrom {
+    /// Absolute path of the image file on the host.
+    pub path: PathBuf,
 }
 
 /// Where the VNC server listens. Never on a network address: consoles reach the network only
@@ -146,6 +185,8 @@ impl DomainSpec {
     pub const MAX_DISKS: usize = 16;
     /// Most NICs (each takes a slot on the one PCI bus).
     pub const MAX_NICS: usize = 8;
+    /// Most CD-ROMs (ports of the one SATA controller).
+    pub const MAX_CDROMS: usize = 6;
     /// Longest kernel command line, bytes (x86 `COMMAND_LINE_SIZE` less the NUL).
     pub const MAX_CMDLINE: usize = 2047;
     /// Longest unix socket path, bytes (`sun_path` less the NUL).
@@ -209,6 +250,27 @@ impl DomainSpec {
                     });
                 }
             }
+            Boot::Order { devices } => self.validate_boot_order(devices)?,
+        }
+        if let Firmware::Uefi {
+            loader,
+            vars_template,
+            nvram,
+        } = &self.firmware
+        {
+            host_path("firmware.loader", loader)?;
+            host_path("firmware.vars_template", vars_template)?;
+            host_path("firmware.nvram", nvram)?;
+        }
+        if self.cdroms.len() > Self::MAX_CDROMS {
+            return Err(ValidationError::TooMany {
+                field: "cdroms".into(),
+                count: self.cdroms.len(),
+                max: Self::MAX_CDROMS,
+            });
+        }
+        for (i, cdrom) in self.cdroms.iter().enumerate() {
+            host_path(&format!("cdroms[{i}].path"), &cdrom.path)?;
         }
         if self.disks.len() > Self::MAX_DISKS {
             return Err(ValidationError::TooMany {
@@ -268,6 +330,49 @@ impl DomainSpec {
             }
         }
         Ok(())
+    }
+
+    /// A boot order names each device once, and only devices the spec has.
+    fn validate_boot_order(&self, devices: &[BootDevice]) -> Result<(), ValidationError> {
+        if devices.is_empty() {
+            return Err(ValidationError::Conflict {
+                field: "boot.devices".into(),
+                other: "disks".into(),
+                reason: "a boot order needs at least one device",
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for (i, d) in devices.iter().enumerate() {
+            let field = format!("boot.devices[{i}]");
+            let (index, len, list) = match *d {
+                BootDevice::Disk(n) => (n, self.disks.len(), "disks"),
+                BootDevice::Cdrom(n) => (n, self.cdroms.len(), "cdroms"),
+                BootDevice::Nic(n) => (n, self.nics.len(), "nics"),
+            };
+            if index >= len {
+                return Err(ValidationError::Conflict {
+                    field,
+                    other: list.into(),
+                    reason: "the boot order names a device the spec does not have",
+                });
+            }
+            if !seen.insert(*d) {
+                return Err(ValidationError::Duplicate {
+                    field,
+                    value: format!("{d:?}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The libvirt target device of CD-ROM `index`: `sda`, `sdb`, ...
+    pub fn cdrom_target(index: usize) -> String {
+        let letter = b"abcdefghijklmnopqrstuvwxyz"
+            .get(index)
+            .copied()
+            .unwrap_or(b'z');
+        format!("sd{}", char::from(letter))
     }
 
     /// Validates, then renders the libvirt domain XML.

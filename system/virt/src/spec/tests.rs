@@ -19,6 +19,7 @@ fn base() -> DomainSpec {
         },
         disks: vec![],
         nics: vec![],
+        cdroms: Vec::new(),
         vnc: None,
         guest_agent: false,
         serial_log: None,
@@ -192,4 +193,72 @@ fn hotplug_headroom_renders_and_is_checked() {
         max_memory_mib: 1024,
     });
     assert!(s.validate().is_err(), "max below the boot vCPUs");
+}
+
+#[test]
+fn boot_order_names_existing_devices_once() {
+    let mut s = base();
+    s.disks.push(disk("/var/lib/keel/a.qcow2"));
+    s.cdroms.push(Cdrom {
+        path: "/var/lib/keel/a.iso".into(),
+    });
+    s.boot = Boot::Order {
+        devices: vec![BootDevice::Cdrom(0), BootDevice::Disk(0)],
+    };
+    s.validate().unwrap();
+    let xml = s.to_xml().unwrap();
+    assert!(!xml.contains("<boot dev="), "{xml}");
+    assert!(
+        xml.contains(
+            "<target dev=\"sda\" bus=\"sata\"/>\n      <readonly/>\n      <boot order=\"1\"/>"
+        ),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<target dev=\"vda\" bus=\"virtio\"/>\n      <boot order=\"2\"/>"),
+        "{xml}"
+    );
+    s.boot = Boot::Order {
+        devices: vec![BootDevice::Disk(0), BootDevice::Disk(0)],
+    };
+    assert!(
+        matches!(s.validate(), Err(ValidationError::Duplicate { ref field, .. }) if field == "boot.devices[1]")
+    );
+    s.boot = Boot::Order {
+        devices: vec![BootDevice::Nic(0)],
+    };
+    assert!(
+        matches!(s.validate(), Err(ValidationError::Conflict { ref other, .. }) if other == "nics")
+    );
+    s.boot = Boot::Order { devices: vec![] };
+    assert!(s.validate().is_err());
+}
+
+#[test]
+fn uefi_renders_loader_and_nvram() {
+    let mut s = base();
+    s.firmware = Firmware::Uefi {
+        loader: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+        vars_template: "/usr/share/OVMF/OVMF_VARS_4M.fd".into(),
+        nvram: "/var/lib/keel/pool/nvram/vm-1.fd".into(),
+    };
+    let xml = s.to_xml().unwrap();
+    assert!(
+        xml.contains(
+            "<loader readonly=\"yes\" type=\"pflash\">/usr/share/OVMF/OVMF_CODE_4M.fd</loader>"
+        ),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<nvram template=\"/usr/share/OVMF/OVMF_VARS_4M.fd\">/var/lib/keel/pool/nvram/vm-1.fd</nvram>"),
+        "{xml}"
+    );
+    // BIOS has neither.
+    assert!(!base().to_xml().unwrap().contains("<loader"));
+    s.cdroms = (0..=DomainSpec::MAX_CDROMS)
+        .map(|i| Cdrom {
+            path: format!("/c/{i}.iso").into(),
+        })
+        .collect();
+    assert!(matches!(s.validate(), Err(ValidationError::TooMany { .. })));
 }

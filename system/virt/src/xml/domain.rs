@@ -75,6 +75,10 @@ pub(super) struct Os<'a> {
     #[serde(rename = "type")]
     pub os_type: OsType,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub loader: Option<Loader<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nvram: Option<Nvram<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub initrd: Option<&'a str>,
@@ -92,6 +96,33 @@ pub(super) struct OsType {
     pub machine: &'static str,
     #[serde(rename = "$text")]
     pub value: &'static str,
+}
+
+/// `<loader>`: UEFI firmware code mapped as read-only pflash.
+#[derive(Serialize)]
+pub(super) struct Loader<'a> {
+    #[serde(rename = "@readonly")]
+    pub readonly: &'static str,
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    #[serde(rename = "$text")]
+    pub path: &'a str,
+}
+
+/// `<nvram>`: the domain's UEFI variable store, copied from `template` when missing.
+#[derive(Serialize)]
+pub(super) struct Nvram<'a> {
+    #[serde(rename = "@template")]
+    pub template: &'a str,
+    #[serde(rename = "$text")]
+    pub path: &'a str,
+}
+
+/// `<boot order='N'/>` inside a device: its place in the firmware's boot order.
+#[derive(Serialize)]
+pub(super) struct BootOrder {
+    #[serde(rename = "@order")]
+    pub order: usize,
 }
 
 #[derive(Serialize)]
@@ -161,6 +192,9 @@ pub(super) struct Clock {
 pub(super) struct Devices<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub disk: Vec<Disk<'a>>,
+    /// CD-ROMs are `<disk device='cdrom'>` elements too, after the disks.
+    #[serde(rename = "disk", skip_serializing_if = "Vec::is_empty")]
+    pub cdrom: Vec<Cdrom<'a>>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub interface: Vec<Interface<'a>>,
     pub serial: Serial<'a>,
@@ -185,6 +219,31 @@ pub(super) struct Disk<'a> {
     pub target: DiskTarget,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iotune: Option<IoTune>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootOrder>,
+}
+
+/// A read-only CD-ROM (`<disk type='file' device='cdrom'>`).
+#[derive(Serialize)]
+pub(super) struct Cdrom<'a> {
+    #[serde(rename = "@type")]
+    pub kind: &'static str,
+    #[serde(rename = "@device")]
+    pub device: &'static str,
+    pub driver: CdromDriver,
+    pub source: FileSource<'a>,
+    pub target: DiskTarget,
+    pub readonly: Empty,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootOrder>,
+}
+
+#[derive(Serialize)]
+pub(super) struct CdromDriver {
+    #[serde(rename = "@name")]
+    pub name: &'static str,
+    #[serde(rename = "@type")]
+    pub format: &'static str,
 }
 
 #[derive(Serialize)]
@@ -236,6 +295,8 @@ pub(super) struct Interface<'a> {
     pub source: BridgeSource<'a>,
     pub virtualport: Virtualport,
     pub model: TypeOnly,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootOrder>,
 }
 
 #[derive(Serialize)]

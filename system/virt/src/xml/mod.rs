@@ -18,7 +18,7 @@ pub(crate) use targets::device_targets;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::spec::{Boot, CpuMode, DomainSpec, ValidationError, Vnc};
+use crate::spec::{Boot, BootDevice, CpuMode, DomainSpec, Firmware, ValidationError, Vnc};
 
 /// XML namespace of the `<metadata>` element Keel puts in every domain it defines.
 pub const KEEL_METADATA_NS: &str = "urn:keel:libvirt:vm:1";
@@ -67,6 +67,32 @@ fn utf8<'a>(field: &str, path: &'a std::path::Path) -> Result<&'a str, XmlError>
 fn build(spec: &DomainSpec) -> Result<domain::Domain<'_>, XmlError> {
     use domain as x;
 
+    let (loader, nvram) = match &spec.firmware {
+        Firmware::Bios => (None, None),
+        Firmware::Uefi {
+            loader,
+            vars_template,
+            nvram,
+        } => (
+            Some(x::Loader {
+                readonly: "yes",
+                kind: "pflash",
+                path: utf8("firmware.loader", loader)?,
+            }),
+            Some(x::Nvram {
+                template: utf8("firmware.vars_template", vars_template)?,
+                path: utf8("firmware.nvram", nvram)?,
+            }),
+        ),
+    };
+    // Per-device boot order: the 1-based place of each listed device.
+    let order = |dev: BootDevice| match &spec.boot {
+        Boot::Order { devices } => devices
+            .iter()
+            .position(|d| *d == dev)
+            .map(|i| x::BootOrder { order: i + 1 }),
+        _ => None,
+    };
     let os = match &spec.boot {
         Boot::Kernel {
             kernel,
@@ -74,6 +100,8 @@ fn build(spec: &DomainSpec) -> Result<domain::Domain<'_>, XmlError> {
             cmdline,
         } => x::Os {
             os_type: os_type(),
+            loader,
+            nvram,
             kernel: Some(utf8("boot.kernel", kernel)?),
             initrd: initrd
                 .as_deref()
@@ -84,10 +112,22 @@ fn build(spec: &DomainSpec) -> Result<domain::Domain<'_>, XmlError> {
         },
         Boot::Disk => x::Os {
             os_type: os_type(),
+            loader,
+            nvram,
             kernel: None,
             initrd: None,
             cmdline: None,
             boot: Some(x::BootDev { dev: "hd" }),
+        },
+        // libvirt refuses <os><boot dev> together with per-device boot elements.
+        Boot::Order { .. } => x::Os {
+            os_type: os_type(),
+            loader,
+            nvram,
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            boot: None,
         },
     };
 
@@ -139,13 +179,36 @@ fn build(spec: &DomainSpec) -> Result<domain::Domain<'_>, XmlError> {
                 read_iops_sec: t.read_iops_sec,
                 write_iops_sec: t.write_iops_sec,
             }),
+            boot: order(BootDevice::Disk(i)),
+        });
+    }
+
+    let mut cdroms = Vec::with_capacity(spec.cdroms.len());
+    for (i, c) in spec.cdroms.iter().enumerate() {
+        cdroms.push(x::Cdrom {
+            kind: "file",
+            device: "cdrom",
+            driver: x::CdromDriver {
+                name: "qemu",
+                format: "raw",
+            },
+            source: x::FileSource {
+                file: utf8("cdroms.path", &c.path)?,
+            },
+            target: x::DiskTarget {
+                dev: DomainSpec::cdrom_target(i),
+                bus: "sata",
+            },
+            readonly: x::Empty {},
+            boot: order(BootDevice::Cdrom(i)),
         });
     }
 
     let interfaces = spec
         .nics
         .iter()
-        .map(|n| x::Interface {
+        .enumerate()
+        .map(|(i, n)| x::Interface {
             kind: "bridge",
             mac: x::MacElement {
                 address: n.mac.to_string(),
@@ -160,6 +223,7 @@ fn build(spec: &DomainSpec) -> Result<domain::Domain<'_>, XmlError> {
                 }),
             },
             model: x::TypeOnly { kind: "virtio" },
+            boot: order(BootDevice::Nic(i)),
         })
         .collect();
 
@@ -235,6 +299,7 @@ fn build(spec: &DomainSpec) -> Result<domain::Domain<'_>, XmlError> {
         on_crash: "destroy",
         devices: x::Devices {
             disk: disks,
+            cdrom: cdroms,
             interface: interfaces,
             serial: x::Serial {
                 kind: "pty",
