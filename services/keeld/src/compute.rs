@@ -471,8 +471,39 @@ async fn reconcile(
                 blocking(move || h.destroy(&n))
                     .await?
                     .map_err(|e| e.to_string())?;
+                warn!(vm = %name, "the guest did not power off within 30 s; forced off");
+                let now = crate::now_rfc3339();
+                update(m, &name, |v| {
+                    set_condition(
+                        &mut v.status.conditions,
+                        Condition::new(
+                            "ForcedOff",
+                            ConditionStatus::True,
+                            "GracePeriodExpired",
+                            "the guest did not power off within 30 s of the stop request",
+                            now.clone(),
+                        ),
+                    );
+                })
+                .await
+                .map_err(|e| e.to_string())?;
             } else {
-                let _ = blocking(move || h.shutdown(&n, ShutdownMode::Acpi)).await?;
+                // When its agent answers (crate::agent), ask it too, once: a guest that
+                // ignores the power button still stops.
+                let agent = vm.status.phase != VmPhase::Stopping && crate::agent::connected(&vm);
+                let acpi = blocking(move || {
+                    let acpi = h.shutdown(&n, ShutdownMode::Acpi);
+                    if agent {
+                        if let Err(e) = h.shutdown(&n, ShutdownMode::GuestAgent) {
+                            debug!(vm = %n, error = %e, "guest agent shutdown failed");
+                        }
+                    }
+                    acpi
+                })
+                .await?;
+                if agent {
+                    info!(vm = %name, acpi_ok = acpi.is_ok(), "graceful stop: ACPI power button and guest agent shutdown");
+                }
             }
             VmPhase::Stopping
         }

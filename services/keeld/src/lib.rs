@@ -13,11 +13,12 @@
 // Tests may unwrap (STYLE H13); the workspace lints deny it everywhere else.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
-pub mod compute;
 pub mod cloudinit;
+pub mod compute;
 pub mod console;
 pub mod daemon;
 pub mod discovery;

@@ -47,13 +47,17 @@ pub fn usage_of(now: &DomainStats, before: Option<(Instant, u64)>, at: Instant) 
 #[derive(Default)]
 pub struct Sampler {
     last_round: Option<Instant>,
+    agent: crate::agent::AgentSampler,
     cpu: HashMap<String, (Instant, u64)>,
 }
 
 impl Sampler {
     /// Samples the running VMs bound to this node, if [`INTERVAL`] has passed since the last
     /// round. Failures are logged and retried next round; they never stop the node loop.
-    pub async fn maybe_sample(&mut self, m: &Member, hv: &Arc<dyn Hypervisor>) {
+    /// Also starts the guest agent sampler ([`crate::agent`]) when it is due; that runs in
+    /// the background.
+    pub async fn maybe_sample(&mut self, m: &Arc<Member>, hv: &Arc<dyn Hypervisor>) {
+        self.agent.tick(m, hv);
         let now = Instant::now();
         if self
             .last_round

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  POST /vms/{vm}/snapshots {name} ─▶ Snapshot{phase: pending}
-//!      the VM's node: running ─▶ libvirt internal snapshot (disks + memory, in the qcow2)
+//!      the VM's node: running ─▶ guest agent freeze (when one answers) ─▶ libvirt internal
+//!                                snapshot (disks + memory, in the qcow2) ─▶ thaw (always)
 //!                     stopped ─▶ qemu-img snapshot -c on every disk ─▶ ready
 //!  POST /vms/{vm}/snapshots/{name}/revert (VM stopped) ─▶ qemu-img snapshot -a on every disk
 //!  DELETE /vms/{vm}/snapshots/{name} (VM stopped)      ─▶ qemu-img snapshot -d ─▶ record gone
@@ -62,6 +63,11 @@ pub struct SnapshotStatus {
     /// Taken while the VM ran (the guest's memory is in it too).
     #[serde(default)]
     pub live: bool,
+    /// The guest's file systems were frozen through qemu-guest-agent while it was taken
+    /// (consistent on disk); false: crash-consistent (no agent answered, or the VM was
+    /// stopped, when there is nothing to freeze).
+    #[serde(default)]
+    pub frozen: bool,
     /// When it was taken (RFC 3339).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub taken: String,

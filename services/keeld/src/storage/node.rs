@@ -712,12 +712,15 @@ async fn snapshot_step(
         return Ok(());
     }
     if snap.status.phase == SnapshotPhase::Pending {
+        let mut frozen = false;
         let res = if active {
-            let (h, n, s) = (hv.clone(), vm.metadata.name.clone(), name.clone());
-            tokio::task::spawn_blocking(move || h.snapshot_live(&n, &s))
+            // Frozen through the guest agent when one answers, thawed whatever happens.
+            let (h, n, s) = (hv.clone(), vm.metadata.name.to_string(), name.to_string());
+            tokio::task::spawn_blocking(move || crate::agent::snapshot_quiesced(h.as_ref(), &n, &s))
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
+                .and_then(|r| r)
+                .map(|f| frozen = f)
         } else {
             let mut r = Ok(());
             for (_, f) in &files {
@@ -730,13 +733,14 @@ async fn snapshot_step(
         };
         return match res {
             Ok(()) => {
-                info!(vm = %vm.metadata.name, snapshot = %name, live = active, "snapshot taken");
+                info!(vm = %vm.metadata.name, snapshot = %name, live = active, frozen, "snapshot taken");
                 let vols: Vec<String> = files.iter().map(|(v, _)| v.clone()).collect();
                 let now = crate::now_rfc3339();
                 cas(m, key, |s: &mut Snapshot| {
                     s.status.phase = SnapshotPhase::Ready;
                     s.status.volumes = vols.clone();
                     s.status.live = active;
+                    s.status.frozen = frozen;
                     s.status.taken = now.clone();
                     s.status.message.clear();
                     Ok(true)
