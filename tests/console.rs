@@ -5,13 +5,13 @@
 //! a stopped VM's console gets a 409; `keel vm console NAME` prints the guest's lines.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures::{SinkExt, StreamExt};
-use keel_tests::{Api, DevCluster};
+use keel_tests::{ok, Api, DevCluster};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -26,16 +26,6 @@ enum Opened {
     Socket(Box<Socket>, Option<String>),
     /// Refused before the upgrade: status and JSON body.
     Refused(u16, Value),
-}
-
-fn ok(out: Output, what: &str) -> Result<String> {
-    anyhow::ensure!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 fn tls(ca_path: &str) -> Result<rustls::ClientConfig> {

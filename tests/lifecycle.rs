@@ -13,34 +13,6 @@ use serde_json::Value;
 
 const VM: &str = "life";
 
-fn node_exec(dev: &DevCluster, node: &str, cmd: &[&str]) -> Result<String> {
-    let state = dev.state.to_string_lossy().to_string();
-    let mut all = vec!["dev", "--state", &state, "exec", node, "--"];
-    all.extend_from_slice(cmd);
-    keel_tests::keel(&all)
-}
-
-fn virsh(dev: &DevCluster, node: &str, args: &[&str]) -> Result<String> {
-    let mut all = vec!["virsh", "-c", "qemu:///system"];
-    all.extend_from_slice(args);
-    node_exec(dev, node, &all)
-}
-
-/// The counters the guest printed, from its serial log on `node`.
-fn counters(dev: &DevCluster, node: &str, vm: &str) -> Result<Vec<u64>> {
-    let log = node_exec(
-        dev,
-        node,
-        &["cat", &format!("/var/log/libvirt/qemu/{vm}-serial.log")],
-    )
-    .unwrap_or_default();
-    Ok(log
-        .lines()
-        .filter_map(|l| l.split("keel-guest counter ").nth(1))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect())
-}
-
 async fn vm(api: &Api) -> Result<Value> {
     let a = api.call("GET", &format!("/api/v1/vms/{VM}"), None).await?;
     anyhow::ensure!(a.status == 200, "{}", a.body);
@@ -94,7 +66,7 @@ async fn lifecycle_reboot_pause_restart_unmanaged_lost() -> Result<()> {
         .context("node")?
         .to_string();
     wait_until("the guest counts", Duration::from_secs(120), || async {
-        Ok((counters(&dev, &node, VM)?.last().copied().unwrap_or(0) >= 3).then_some(()))
+        Ok((dev.serial_counters(&node, VM).last().copied().unwrap_or(0) >= 3).then_some(()))
     })
     .await?;
     let qemu = qemu_pids(VM);
@@ -109,7 +81,7 @@ async fn lifecycle_reboot_pause_restart_unmanaged_lost() -> Result<()> {
     assert_eq!(a.status, 400, "{}", a.body);
 
     // Reboot: the same QEMU process, the guest's counter starts again.
-    let before = counters(&dev, &node, VM)?;
+    let before = dev.serial_counters(&node, VM);
     let a = action(&api, "reboot").await?;
     assert_eq!(a.status, 202, "{}", a.body);
     let seen = before.len();
@@ -117,7 +89,7 @@ async fn lifecycle_reboot_pause_restart_unmanaged_lost() -> Result<()> {
         "the counter restarts after reboot",
         Duration::from_secs(120),
         || async {
-            let now = counters(&dev, &node, VM)?;
+            let now = dev.serial_counters(&node, VM);
             let after = now.get(seen..).unwrap_or_default().to_vec();
             Ok(after
                 .windows(2)
@@ -138,11 +110,11 @@ async fn lifecycle_reboot_pause_restart_unmanaged_lost() -> Result<()> {
         Ok(paused(&vm(&api).await?).then_some(()))
     })
     .await?;
-    assert!(virsh(&dev, &node, &["domstate", VM])?.contains("paused"));
-    let frozen = counters(&dev, &node, VM)?;
+    assert!(dev.virsh(&node, &["domstate", VM])?.contains("paused"));
+    let frozen = dev.serial_counters(&node, VM);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        counters(&dev, &node, VM)?,
+        dev.serial_counters(&node, VM),
         frozen,
         "a paused guest prints nothing"
     );
@@ -154,7 +126,7 @@ async fn lifecycle_reboot_pause_restart_unmanaged_lost() -> Result<()> {
         "the counter continues after resume",
         Duration::from_secs(60),
         || async {
-            let now = counters(&dev, &node, VM)?;
+            let now = dev.serial_counters(&node, VM);
             Ok((now.len() > frozen.len() && now[frozen.len()] == last + 1).then_some(()))
         },
     )
@@ -192,10 +164,10 @@ async fn lifecycle_reboot_pause_restart_unmanaged_lost() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(qemu_pids(VM), qemu, "the same QEMU process runs the guest");
     assert_eq!(vm(&api).await?["status"]["phase"], "running");
-    let n = counters(&dev, &node, VM)?.len();
+    let n = dev.serial_counters(&node, VM).len();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        counters(&dev, &node, VM)?.len() > n,
+        dev.serial_counters(&node, VM).len() > n,
         "the guest still counts"
     );
 
@@ -206,7 +178,7 @@ async fn lifecycle_reboot_pause_restart_unmanaged_lost() -> Result<()> {
         "<domain type='qemu'><name>stray</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>\
          <os><type arch='x86_64' machine='pc'>hvm</type></os></domain>",
     )?;
-    virsh(&dev, &node, &["define", &xml.to_string_lossy()])?;
+    dev.virsh(&node, &["define", &xml.to_string_lossy()])?;
     wait_until("stray reported", Duration::from_secs(30), || async {
         let n = api
             .call("GET", &format!("/api/v1/nodes/{node}"), None)
@@ -219,7 +191,7 @@ async fn lifecycle_reboot_pause_restart_unmanaged_lost() -> Result<()> {
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        virsh(&dev, &node, &["list", "--all", "--name"])?
+        dev.virsh(&node, &["list", "--all", "--name"])?
             .lines()
             .any(|l| l.trim() == "stray"),
         "the unmanaged domain is left alone"
@@ -239,7 +211,7 @@ async fn lifecycle_reboot_pause_restart_unmanaged_lost() -> Result<()> {
     let a = action(&api, "force-stop").await?;
     assert_eq!(a.status, 202, "{}", a.body);
     wait_phase(&api, "stopped").await?;
-    assert!(virsh(&dev, &node, &["domstate", VM])?.contains("shut off"));
+    assert!(dev.virsh(&node, &["domstate", VM])?.contains("shut off"));
     let a = action(&api, "reboot").await?;
     assert_eq!(a.status, 409, "a stopped VM does not reboot: {}", a.body);
     let a = action(&api, "pause").await?;
@@ -251,8 +223,8 @@ async fn lifecycle_reboot_pause_restart_unmanaged_lost() -> Result<()> {
     wait_phase(&api, "running").await?;
     // Undefined first (it runs on as a transient domain), then destroyed: gone for good,
     // with no moment in which the reconciler could start it again.
-    virsh(&dev, &node, &["undefine", VM])?;
-    virsh(&dev, &node, &["destroy", VM])?;
+    dev.virsh(&node, &["undefine", VM])?;
+    dev.virsh(&node, &["destroy", VM])?;
     wait_phase(&api, "lost").await?;
     Ok(())
 }

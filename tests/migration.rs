@@ -13,38 +13,6 @@ use serde_json::{json, Value};
 
 const VM: &str = "mover";
 
-fn node_exec(dev: &DevCluster, node: &str, cmd: &[&str]) -> Result<String> {
-    let state = dev.state.to_string_lossy().to_string();
-    let mut all = vec!["dev", "--state", &state, "exec", node, "--"];
-    all.extend_from_slice(cmd);
-    keel_tests::keel(&all)
-}
-
-fn domains(dev: &DevCluster, node: &str) -> Result<Vec<String>> {
-    Ok(node_exec(
-        dev,
-        node,
-        &["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
-    )?
-    .lines()
-    .map(|l| l.trim().to_string())
-    .filter(|l| !l.is_empty())
-    .collect())
-}
-
-fn counters(dev: &DevCluster, node: &str) -> Vec<u64> {
-    node_exec(
-        dev,
-        node,
-        &["cat", &format!("/var/log/libvirt/qemu/{VM}-serial.log")],
-    )
-    .unwrap_or_default()
-    .lines()
-    .filter_map(|l| l.split("keel-guest counter ").nth(1))
-    .filter_map(|n| n.trim().parse().ok())
-    .collect()
-}
-
 async fn vm(api: &Api) -> Result<Value> {
     let a = api.call("GET", &format!("/api/v1/vms/{VM}"), None).await?;
     anyhow::ensure!(a.status == 200, "{}", a.body);
@@ -100,7 +68,13 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
         .map(|n| n.to_string())
         .collect();
     wait_until("the guest counts", Duration::from_secs(120), || async {
-        Ok((counters(&dev, &source).last().copied().unwrap_or(0) >= 3).then_some(()))
+        Ok((dev
+            .serial_counters(&source, VM)
+            .last()
+            .copied()
+            .unwrap_or(0)
+            >= 3)
+            .then_some(()))
     })
     .await?;
 
@@ -165,8 +139,8 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
     })
     .await?;
     assert_eq!(v["status"]["node"], source.as_str(), "{v}");
-    assert!(domains(&dev, &source)?.contains(&VM.to_string()));
-    assert!(!domains(&dev, &others[0])?.contains(&VM.to_string()));
+    assert!(dev.domains(&source)?.contains(&VM.to_string()));
+    assert!(!dev.domains(&others[0])?.contains(&VM.to_string()));
     let again = api
         .call("POST", &format!("/api/v1/tasks/{task}/cancel"), None)
         .await?;
@@ -214,8 +188,8 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
     })
     .await?;
     assert_eq!(v["status"]["node"], source.as_str(), "{v}");
-    assert!(domains(&dev, &source)?.contains(&VM.to_string()));
-    assert!(!domains(&dev, &others[0])?.contains(&VM.to_string()));
+    assert!(dev.domains(&source)?.contains(&VM.to_string()));
+    assert!(!dev.domains(&others[0])?.contains(&VM.to_string()));
     wait_until(
         "the destination's prepared disk removed",
         Duration::from_secs(60),
@@ -230,11 +204,11 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
         },
     )
     .await?;
-    let n = counters(&dev, &source).len();
+    let n = dev.serial_counters(&source, VM).len();
     wait_until(
         "the guest counts on where it was",
         Duration::from_secs(60),
-        || async { Ok((counters(&dev, &source).len() > n + 1).then_some(())) },
+        || async { Ok((dev.serial_counters(&source, VM).len() > n + 1).then_some(())) },
     )
     .await?;
     let d = api
@@ -244,7 +218,7 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
 
     // Live migration: the counter goes on on the destination, the source is empty.
     let dest = others[1].clone();
-    let before = counters(&dev, &source);
+    let before = dev.serial_counters(&source, VM);
     // Through the CLI, which follows the task's progress until it is done.
     let out = dev.cli(&["vm", "migrate", VM, "--to", &dest, "--wait", "-o", "json"])?;
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -263,16 +237,16 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
     assert_eq!(v["status"]["node"], dest.as_str(), "{v}");
     assert_eq!(v["status"]["phase"], "running", "{v}");
     assert!(
-        !domains(&dev, &source)?.contains(&VM.to_string()),
+        !dev.domains(&source)?.contains(&VM.to_string()),
         "gone from {source}"
     );
-    assert!(domains(&dev, &dest)?.contains(&VM.to_string()));
+    assert!(dev.domains(&dest)?.contains(&VM.to_string()));
     let last_before = *before.last().context("counters")?;
     let after = wait_until(
         "the counter on the destination",
         Duration::from_secs(60),
         || async {
-            let c = counters(&dev, &dest);
+            let c = dev.serial_counters(&dest, VM);
             Ok((c.len() >= 3).then_some(c))
         },
     )
@@ -282,7 +256,7 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
         after[0] > last_before && after.windows(2).all(|w| w[1] == w[0] + 1),
         "the counter continues (not from 1): before {last_before}, after {after:?}"
     );
-    let source_after = counters(&dev, &source);
+    let source_after = dev.serial_counters(&source, VM);
     assert!(
         source_after.last() < after.first(),
         "the destination continues the source's count: {source_after:?} then {after:?}"
@@ -303,7 +277,7 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
     let v = vm(&api).await?;
     assert_ne!(v["status"]["node"], dest.as_str(), "{v}");
     assert_eq!(v["status"]["phase"], "running", "{v}");
-    assert!(!domains(&dev, &dest)?.contains(&VM.to_string()));
+    assert!(!dev.domains(&dest)?.contains(&VM.to_string()));
     let a = api
         .call(
             "POST",
@@ -344,16 +318,12 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
     assert_eq!(v["status"]["node"], there.as_str(), "{v}");
     assert_eq!(v["status"]["phase"], "stopped", "{v}");
     assert!(
-        !domains(&dev, &here)?.contains(&VM.to_string()),
+        !dev.domains(&here)?.contains(&VM.to_string()),
         "gone from {here}"
     );
-    let state = node_exec(
-        &dev,
-        &there,
-        &["virsh", "-c", "qemu:///system", "domstate", VM],
-    )?;
+    let state = dev.virsh(&there, &["domstate", VM])?;
     assert_eq!(state.trim(), "shut off", "{there}: {state}");
-    let log_before = counters(&dev, &there);
+    let log_before = dev.serial_counters(&there, VM);
     let out = dev.cli(&["vm", "start", VM, "--wait"])?;
     anyhow::ensure!(
         out.status.success(),
@@ -367,7 +337,7 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
         "the moved guest counting on its new node",
         Duration::from_secs(90),
         || async {
-            let now = counters(&dev, &there);
+            let now = dev.serial_counters(&there, VM);
             Ok((now.len() >= 2 && now != log_before).then_some(()))
         },
     )

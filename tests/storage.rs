@@ -7,41 +7,13 @@
 //! offending field.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use keel_tests::{wait_until, Api, DevCluster};
+use keel_tests::{ok, wait_until, Api, DevCluster};
 use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
-
-fn ok(out: Output, what: &str) -> Result<String> {
-    anyhow::ensure!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
-}
-
-fn virsh(dev: &DevCluster, node: &str, args: &[&str]) -> Result<String> {
-    let state = dev.state.to_string_lossy().to_string();
-    let mut all = vec![
-        "dev",
-        "--state",
-        &state,
-        "exec",
-        node,
-        "--",
-        "virsh",
-        "-c",
-        "qemu:///system",
-    ];
-    all.extend_from_slice(args);
-    keel_tests::keel(&all)
-}
 
 fn volumes_dir(dev: &DevCluster, node: &str) -> PathBuf {
     dev.state.join(format!("{node}/state/pool/volumes"))
@@ -294,7 +266,7 @@ async fn storage_pools_volumes_snapshots_clones_templates() -> Result<()> {
     assert_eq!(img_info(&data_file)?["virtual-size"], 64 * MIB);
 
     // QoS reaches the domain XML.
-    let xml = virsh(&dev, &node, &["dumpxml", "vm1"])?;
+    let xml = dev.virsh(&node, &["dumpxml", "vm1"])?;
     assert!(xml.contains("<read_iops_sec>100</read_iops_sec>"), "{xml}");
     assert!(
         xml.contains("<write_bytes_sec>1048576</write_bytes_sec>"),
@@ -317,7 +289,7 @@ async fn storage_pools_volumes_snapshots_clones_templates() -> Result<()> {
         grown.body
     );
     assert_eq!(img_info(&data_file)?["virtual-size"], 128 * MIB);
-    let blk = virsh(&dev, &node, &["domblkinfo", "vm1", "vdb"])?;
+    let blk = dev.virsh(&node, &["domblkinfo", "vm1", "vdb"])?;
     assert!(
         blk.contains(&(128 * MIB).to_string()),
         "the guest sees it: {blk}"
@@ -353,7 +325,7 @@ async fn storage_pools_volumes_snapshots_clones_templates() -> Result<()> {
     assert_eq!(live.body["status"]["live"], true, "{}", live.body);
     assert!(snapshot_names(&root_file)?.contains(&"live1".to_string()));
     assert_eq!(
-        virsh(&dev, &node, &["domstate", "vm1"])?.trim(),
+        dev.virsh(&node, &["domstate", "vm1"])?.trim(),
         "running",
         "the guest keeps running"
     );
@@ -467,7 +439,7 @@ async fn storage_pools_volumes_snapshots_clones_templates() -> Result<()> {
         "local disks pin the clone"
     );
     assert_ne!(vm2["metadata"]["uid"], running["metadata"]["uid"]);
-    assert_eq!(virsh(&dev, &node, &["domstate", "vm2"])?.trim(), "running");
+    assert_eq!(dev.virsh(&node, &["domstate", "vm2"])?.trim(), "running");
     let v2data = volume(&api, "vm2-data").await?;
     assert_eq!(v2data["status"]["owner"], "vm2", "{v2data}");
     assert_eq!(v2data["spec"]["clone_of"], "vm1-data", "{v2data}");
@@ -524,7 +496,7 @@ async fn storage_pools_volumes_snapshots_clones_templates() -> Result<()> {
         .as_str()
         .context("tpl node")?
         .to_string();
-    let state = virsh(&dev, &tpl_node, &["domstate", "tpl"])?;
+    let state = dev.virsh(&tpl_node, &["domstate", "tpl"])?;
     assert!(state.contains("shut off"), "{state}");
     ok(
         dev.cli(&["vm", "create", "vm3", "--from-template", "tpl", "--wait"])?,
@@ -561,7 +533,7 @@ async fn storage_pools_volumes_snapshots_clones_templates() -> Result<()> {
     assert_eq!(vm4.status, 201, "{}", vm4.body);
     let vm4 = wait_phase(&api, "vm4", "running").await?;
     assert_eq!(vm4["status"]["node"], node.as_str(), "the volume pins vm4");
-    let xml = virsh(&dev, &node, &["dumpxml", "vm4"])?;
+    let xml = dev.virsh(&node, &["dumpxml", "vm4"])?;
     assert!(xml.contains("vm2-data.qcow2"), "{xml}");
     let taken = api
         .call(

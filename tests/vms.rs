@@ -4,55 +4,20 @@
 //! Open vSwitch bridge, stop/start converge, delete leaves no domain, disk, port or tap device
 //! behind, and bad input gets a clear 4xx and creates nothing.
 
-use std::process::Output;
-
 use anyhow::{Context, Result};
-use keel_tests::DevCluster;
+use keel_tests::{ok, DevCluster};
 use serde_json::{json, Value};
-
-fn ok(out: Output, what: &str) -> Result<String> {
-    anyhow::ensure!(
-        out.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
-}
-
-fn virsh(dev: &DevCluster, node: &str, args: &[&str]) -> Result<String> {
-    let state = dev.state.to_string_lossy().to_string();
-    let mut all = vec![
-        "dev",
-        "--state",
-        &state,
-        "exec",
-        node,
-        "--",
-        "virsh",
-        "-c",
-        "qemu:///system",
-    ];
-    all.extend_from_slice(args);
-    keel_tests::keel(&all)
-}
-
-/// Runs a command inside a node's namespaces.
-fn in_node(dev: &DevCluster, node: &str, args: &[&str]) -> Result<String> {
-    let state = dev.state.to_string_lossy().to_string();
-    let mut all = vec!["dev", "--state", &state, "exec", node, "--"];
-    all.extend_from_slice(args);
-    keel_tests::keel(&all)
-}
 
 /// The guest taps plugged into the node's bridge, and the tap devices that exist at all.
 fn taps(dev: &DevCluster, node: &str) -> Result<(Vec<String>, Vec<String>)> {
-    let ports = in_node(dev, node, &["ovs-vsctl", "list-ports", BRIDGE])?
+    let ports = dev
+        .exec(node, &["ovs-vsctl", "list-ports", BRIDGE])?
         .lines()
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
         .collect();
-    let links = in_node(dev, node, &["ip", "-o", "link", "show"])?
+    let links = dev
+        .exec(node, &["ip", "-o", "link", "show"])?
         .lines()
         .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
         .filter(|n| n.starts_with("vnet"))
@@ -63,7 +28,7 @@ fn taps(dev: &DevCluster, node: &str) -> Result<(Vec<String>, Vec<String>)> {
 const BRIDGE: &str = "br-vms";
 
 fn virsh_list(dev: &DevCluster, node: &str) -> Result<String> {
-    virsh(dev, node, &["list", "--all", "--name"])
+    dev.virsh(node, &["list", "--all", "--name"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +114,7 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
         let (ports, links) = taps(&dev, &node)?;
         assert_eq!(ports.len(), 1, "{name}: ports {ports:?}");
         assert_eq!(links, ports, "{name}");
-        let iflist = virsh(&dev, &node, &["domiflist", &name])?;
+        let iflist = dev.virsh(&node, &["domiflist", &name])?;
         assert!(iflist.contains(BRIDGE), "{iflist}");
         assert!(iflist.contains("52:54:00:"), "{iflist}");
         nodes.push((name, node));
@@ -222,7 +187,7 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
     // Stop and start converge on the node.
     let (name, node) = nodes[0].clone();
     ok(dev.cli(&["vm", "stop", &name, "--wait"])?, "vm stop")?;
-    let state = virsh(&dev, &node, &["domstate", &name])?;
+    let state = dev.virsh(&node, &["domstate", &name])?;
     assert!(state.contains("shut off"), "{state}");
     assert_eq!(
         taps(&dev, &node)?,
@@ -230,7 +195,7 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
         "a stopped VM keeps no tap"
     );
     ok(dev.cli(&["vm", "start", &name, "--wait"])?, "vm start")?;
-    let state = virsh(&dev, &node, &["domstate", &name])?;
+    let state = dev.virsh(&node, &["domstate", &name])?;
     assert!(state.contains("running"), "{state}");
 
     // Delete leaves no domain and no disk behind.

@@ -157,6 +157,43 @@ impl DevCluster {
         Ok(guest.join("disk.raw"))
     }
 
+    /// Runs `cmd` inside node `node`'s namespaces (`keel dev exec`); its stdout.
+    pub fn exec(&self, node: &str, cmd: &[&str]) -> Result<String> {
+        let state = self.state.to_string_lossy().to_string();
+        let mut all = vec!["dev", "--state", &state, "exec", node, "--"];
+        all.extend_from_slice(cmd);
+        keel(&all)
+    }
+
+    /// `virsh -c qemu:///system ARGS` against node `node`'s own libvirt.
+    pub fn virsh(&self, node: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["virsh", "-c", "qemu:///system"];
+        all.extend_from_slice(args);
+        self.exec(node, &all)
+    }
+
+    /// The names of every domain (running or not) in node `node`'s libvirt.
+    pub fn domains(&self, node: &str) -> Result<Vec<String>> {
+        Ok(self
+            .virsh(node, &["list", "--all", "--name"])?
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+
+    /// The counters the test guest printed (`keel-guest counter N`), from VM `vm`'s serial
+    /// log on node `node`; empty when there is no log (yet).
+    pub fn serial_counters(&self, node: &str, vm: &str) -> Vec<u64> {
+        let log = self
+            .exec(
+                node,
+                &["cat", &format!("/var/log/libvirt/qemu/{vm}-serial.log")],
+            )
+            .unwrap_or_default();
+        guest_counters(&log)
+    }
+
     /// The API URL of node `name`.
     pub fn api_of(&self, name: &str) -> Result<String> {
         self.info
@@ -172,6 +209,25 @@ impl Drop for DevCluster {
     fn drop(&mut self) {
         let _ = self.dev(&["down"]);
     }
+}
+
+/// The numbers of the test guest's `keel-guest counter N` lines in `text`, in order.
+pub fn guest_counters(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.split("keel-guest counter ").nth(1))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+/// The stdout of a finished command, or an error naming `what` with its stdout and stderr.
+pub fn ok(out: std::process::Output, what: &str) -> Result<String> {
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 /// True when running as root.
