@@ -2,7 +2,12 @@
 # Builds Keel's appliance disk image without a container engine (needs root: debootstrap,
 # chroot, an overlay mount).
 #
-#   image/build.sh            -> target/image/keel.raw, target/image/keel.qcow2
+#   image/build.sh            -> target/image/keel.raw, target/image/keel.qcow2,
+#                                target/image/keel-update.bundle (signed A/B update)
+#
+# Environment: KEEL_IMAGE_VERSION (default <workspace version>-<UTC build time>),
+# KEEL_SIGNING_KEY (ed25519 PEM private key; default: a dev key generated once into
+# target/image/keys/), KEEL_IMAGE_OUT, KEEL_IMAGE_FORCE=1, KEEL_BIN_DIR.
 #
 # Stages (see docs/IMAGE.md):
 #   base   debootstrap (tarball cached) + image/packages.txt + initramfs config, pruned.
@@ -39,7 +44,7 @@ log() { printf '[image %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot and the overlay mount need it)"
-for t in debootstrap mksquashfs sgdisk mkfs.vfat mcopy mkfs.ext4 qemu-img; do
+for t in debootstrap mksquashfs sgdisk mkfs.vfat mcopy mkfs.ext4 qemu-img openssl; do
 	command -v "$t" >/dev/null || die "$t is missing: run 'make image-deps'"
 done
 [ -f /usr/lib/systemd/boot/efi/systemd-bootx64.efi ] || die "systemd-boot-efi is missing: run 'make image-deps'"
@@ -48,15 +53,38 @@ for b in keeld keel; do
 done
 mkdir -p "$cache"
 
+# ---- signing key and version ------------------------------------------------------------
+# Update bundles are signed with ed25519 (docs/IMAGE.md, "Upgrades"); the image trusts the
+# public key, baked into /usr/share/keel/update-keys/<key id>.pub.
+keydir=$out/keys
+signing_key=${KEEL_SIGNING_KEY:-$keydir/keel-dev.pem}
+if [ ! -f "$signing_key" ]; then
+	[ -z "${KEEL_SIGNING_KEY:-}" ] || die "KEEL_SIGNING_KEY=$signing_key does not exist"
+	mkdir -p "$keydir" && chmod 0700 "$keydir"
+	openssl genpkey -algorithm ed25519 -out "$signing_key.tmp" 2>/dev/null || die "openssl cannot make an ed25519 key"
+	chmod 0600 "$signing_key.tmp" && mv "$signing_key.tmp" "$signing_key"
+	log "signing key: generated a development key $signing_key (set KEEL_SIGNING_KEY for releases)"
+fi
+pub_raw() { openssl pkey -in "$signing_key" -pubout -outform DER 2>/dev/null | tail -c 32; }
+pub_hex=$(pub_raw | od -An -tx1 -v | tr -d ' \n')
+[ ${#pub_hex} = 64 ] || die "$signing_key is not an ed25519 private key"
+key_id=$(pub_raw | sha256sum | cut -c1-16)
+ws_version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$repo/Cargo.toml")
+image_version=${KEEL_IMAGE_VERSION:-$ws_version-$(date -u +%Y%m%d%H%M%S)}
+case "$image_version" in
+[0-9]*) ;;
+*) die "KEEL_IMAGE_VERSION=$image_version must start with a digit" ;;
+esac
+
 hash_files() { (cd "$repo" && find "$@" -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16; }
 
 # ---- up to date? -------------------------------------------------------------------------
 # Bump BASE_STAGE when the base stage below changes in a way that needs a new base tree.
 BASE_STAGE=3
 base_key=$( { echo "$BASE_STAGE $suite $mirror"; hash_files image/packages.txt image/initramfs; } | sha256sum | cut -c1-16)
-key=$( { echo "$base_key"; hash_files image overlays; sha256sum "$bin/keeld" "$bin/keel" | cut -c1-64; } | sha256sum | cut -c1-16)
+key=$( { echo "$base_key $pub_hex ${KEEL_IMAGE_VERSION:-}"; hash_files image overlays; sha256sum "$bin/keeld" "$bin/keel" | cut -c1-64; } | sha256sum | cut -c1-16)
 if [ -z "${KEEL_IMAGE_FORCE:-}" ] && [ -f "$out/keel.key" ] && [ "$(cat "$out/keel.key")" = "$key" ] \
-	&& [ -f "$out/keel.raw" ] && [ -f "$out/keel.qcow2" ]; then
+	&& [ -f "$out/keel.raw" ] && [ -f "$out/keel.qcow2" ] && [ -f "$out/keel-update.bundle" ]; then
 	log "up to date ($key): $out/keel.raw, $out/keel.qcow2"
 	exit 0
 fi
@@ -169,6 +197,16 @@ install -s -m 0755 "$bin/keel" "$root/usr/bin/keel"
 if [ -x "$root/usr/bin/keel-install" ] || [ -x "$bin/keel-install" ]; then
 	[ -x "$bin/keel-install" ] && install -s -m 0755 "$bin/keel-install" "$root/usr/bin/keel-install"
 fi
+if [ -x "$bin/keel-update" ]; then install -s -m 0755 "$bin/keel-update" "$root/usr/bin/keel-update"; fi
+mkdir -p "$root/usr/share/keel/update-keys"
+printf '%s\n' "$pub_hex" >"$root/usr/share/keel/update-keys/$key_id.pub"
+# The image's version: os-release IMAGE_ID/IMAGE_VERSION (keeld reports it; the updater
+# refuses bundles that are not newer).
+os_release=$root/usr/lib/os-release
+rm -f "$root/etc/os-release" && ln -s ../usr/lib/os-release "$root/etc/os-release"
+grep -v -E '^(PRETTY_NAME|IMAGE_ID|IMAGE_VERSION)=' "$base/usr/lib/os-release" >"$os_release.new"
+printf 'PRETTY_NAME="Keel %s (Debian GNU/Linux 12)"\nIMAGE_ID=keel\nIMAGE_VERSION=%s\n' "$image_version" "$image_version" >>"$os_release.new"
+mv "$os_release.new" "$os_release"
 rm -f "$root/.complete" "$root/.packages-by-size"
 mkdir -p "$root/data"
 : >"$root/etc/machine-id"
@@ -179,7 +217,7 @@ rm -f "$root/etc/libvirt/qemu/networks/autostart/default.xml"
 bind_chroot "$root"
 chroot "$root" /bin/sh -c '
 	set -e
-	systemctl enable systemd-networkd.service keeld.service keel-issue.service keel-grow-data.service keel-boot-report.service >/dev/null 2>&1
+	systemctl enable systemd-networkd.service keeld.service keel-issue.service keel-grow-data.service keel-boot-report.service keel-boot-check.service >/dev/null 2>&1
 	systemctl disable apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer >/dev/null 2>&1 || true
 	systemctl mask systemd-networkd-wait-online.service >/dev/null 2>&1 || true
 	passwd -l root >/dev/null
@@ -203,14 +241,34 @@ log "esp: systemd-boot, kernel $kver, initrd"
 cmdline="root=PARTUUID=$ROOTA_GUID rootfstype=squashfs ro console=tty0 console=ttyS0,115200 quiet systemd.show_status=auto keel.slot=a"
 rm -f "$work/esp.img"
 mkfs.vfat -C -F 32 -n KEEL-ESP -i 4b45454c "$work/esp.img" $((ESP_MIB * 1024)) >/dev/null
-printf 'default keel-a.conf\ntimeout 0\nconsole-mode keep\neditor no\n' >"$work/loader.conf"
-printf 'title Keel (slot A)\nlinux /keel/a/vmlinuz\ninitrd /keel/a/initrd.img\noptions %s\n' "$cmdline" >"$work/keel-a.conf"
+# Entries are keel-<generation>-<slot>[+tries].conf; systemd-boot starts the first match of
+# keel-* in its order (entries with tries left first, then newest generation first).
+printf 'default keel-*\ntimeout 0\nconsole-mode keep\neditor no\n' >"$work/loader.conf"
+printf 'title Keel %s (slot A)\nversion %s\nlinux /keel/a/vmlinuz\ninitrd /keel/a/initrd.img\noptions %s\n' "$image_version" "$image_version" "$cmdline" >"$work/keel-a.conf"
 mmd -i "$work/esp.img" ::/EFI ::/EFI/BOOT ::/loader ::/loader/entries ::/keel ::/keel/a
 mcopy -i "$work/esp.img" /usr/lib/systemd/boot/efi/systemd-bootx64.efi ::/EFI/BOOT/BOOTX64.EFI
 mcopy -i "$work/esp.img" "$work/loader.conf" ::/loader/loader.conf
-mcopy -i "$work/esp.img" "$work/keel-a.conf" ::/loader/entries/keel-a.conf
+mcopy -i "$work/esp.img" "$work/keel-a.conf" ::/loader/entries/keel-1-a.conf
 mcopy -i "$work/esp.img" "$work/vmlinuz" ::/keel/a/vmlinuz
 mcopy -i "$work/esp.img" "$work/initrd.img" ::/keel/a/initrd.img
+
+# ---- update bundle -----------------------------------------------------------------------
+# KEEL-UPDATE 1 <len>\n<manifest>\nsig ed25519 <key id> <hex>\n<root><vmlinuz><initrd.img>
+# (format: system/update/src/bundle.rs).
+log "bundle: $image_version signed by $key_id"
+entry_json() { printf '{"name":"%s","size":%s,"sha256":"%s"}' "$1" "$(stat -c %s "$2")" "$(sha256sum "$2" | cut -c1-64)"; }
+printf '{"format":1,"version":"%s","build":"%s","files":[%s,%s,%s]}' "$image_version" "$key" \
+	"$(entry_json root "$work/root.sqfs")" "$(entry_json vmlinuz "$work/vmlinuz")" "$(entry_json initrd.img "$work/initrd.img")" \
+	>"$work/manifest.json"
+openssl pkeyutl -sign -inkey "$signing_key" -rawin -in "$work/manifest.json" -out "$work/manifest.sig" 2>/dev/null \
+	|| die "signing the bundle manifest failed"
+{
+	printf 'KEEL-UPDATE 1 %s\n' "$(stat -c %s "$work/manifest.json")"
+	cat "$work/manifest.json"
+	printf '\nsig ed25519 %s %s\n' "$key_id" "$(od -An -tx1 -v "$work/manifest.sig" | tr -d ' \n')"
+	cat "$work/root.sqfs" "$work/vmlinuz" "$work/initrd.img"
+} >"$out/keel-update.bundle.tmp"
+mv "$out/keel-update.bundle.tmp" "$out/keel-update.bundle"
 
 # ---- data --------------------------------------------------------------------------------
 rm -f "$work/data.img"
@@ -246,6 +304,8 @@ printf '%s\n' "$key" >"$out/keel.key"
 cp "$base/.packages-by-size" "$out/packages-by-size.txt"
 {
 	echo "key: $key"
+	echo "version: $image_version (signed by $key_id)"
+	echo "bundle: $(($(stat -c %s "$out/keel-update.bundle") / mib)) MiB"
 	echo "kernel: $kver"
 	echo "root squashfs: $sqfs_bytes bytes ($((sqfs_bytes / mib)) MiB of the ${SLOT_MIB} MiB slot)"
 	echo "root tree: $(du -sm --exclude=./boot "$base" | cut -f1) MiB uncompressed"
@@ -255,4 +315,4 @@ cp "$base/.packages-by-size" "$out/packages-by-size.txt"
 	echo "build: $(($(date +%s) - started)) s"
 } >"$out/manifest.txt"
 cat "$out/manifest.txt" >&2
-log "done: $out/keel.raw, $out/keel.qcow2"
+log "done: $out/keel.raw, $out/keel.qcow2, $out/keel-update.bundle ($image_version)"
