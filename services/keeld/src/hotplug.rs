@@ -318,8 +318,13 @@ async fn patch_vm(name: String, ctx: Ctx, authz: Option<String>, body: Body) -> 
     // Detached disks stay as standalone volumes (use DELETE …/disks/{disk}?delete=true to
     // delete one with the detach).
     let before = current(&m, &name).await?;
+    // Owned volumes of disks the update removes become standalone first, so that no node
+    // ever sees them owned by the VM and gone from its spec (which means: delete them).
+    // Refusals come first: a refused request changes nothing.
+    let planned = upd.apply(&before)?;
+    check(&before, &planned, upd.version)?;
+    keep_removed(&m, &before, &planned.spec).await?;
     let vm = edit(&m, &name, upd.version, |v| Ok(upd.apply(v)?)).await?;
-    keep_removed(&m, &before, &vm.spec).await?;
     ok(&vm)
 }
 
