@@ -32,7 +32,7 @@ use base64::Engine;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
-use keel_model::{ErrorBody, VmPhase};
+use keel_model::{ConsoleKind, ConsoleTicket, ConsoleTicketRequest, ErrorBody, VmPhase};
 use keel_virt::{Console, HypervisorError};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -43,7 +43,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message as PeerMessage;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{info, warn};
-use utoipa::ToSchema;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response as HttpResponse;
@@ -71,62 +70,15 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a serial read waits before the relay checks for input and hang-ups.
 const SERIAL_POLL: Duration = Duration::from_millis(50);
 
-/// Which console.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ConsoleKind {
-    /// The first serial port (ttyS0), as a byte stream.
-    Serial,
-    /// The graphical display, as RFB (VNC) in binary frames (noVNC-compatible).
-    Vnc,
-}
-
-impl ConsoleKind {
-    /// The path segment and wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConsoleKind::Serial => "serial",
-            ConsoleKind::Vnc => "vnc",
-        }
+/// The console named by a path segment.
+fn parse_kind(raw: &str) -> Result<ConsoleKind, ApiError> {
+    match raw {
+        "serial" => Ok(ConsoleKind::Serial),
+        "vnc" => Ok(ConsoleKind::Vnc),
+        other => Err(ApiError::NotFound(format!(
+            "console {other:?} is not known; use serial or vnc"
+        ))),
     }
-
-    fn parse(raw: &str) -> Result<Self, ApiError> {
-        match raw {
-            "serial" => Ok(ConsoleKind::Serial),
-            "vnc" => Ok(ConsoleKind::Vnc),
-            other => Err(ApiError::NotFound(format!(
-                "console {other:?} is not known; use serial or vnc"
-            ))),
-        }
-    }
-}
-
-/// Body of `POST /api/v1/vms/{name}/console` (optional: without it the ticket opens either
-/// console).
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ConsoleTicketRequest {
-    /// Bind the ticket to this console only.
-    #[serde(default)]
-    pub kind: Option<ConsoleKind>,
-}
-
-/// A console ticket: pass it as `?ticket=` when opening the WebSocket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct ConsoleTicket {
-    /// The ticket (opaque; single use).
-    pub ticket: String,
-    /// The console it opens; absent: either.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<ConsoleKind>,
-    /// When it stops being accepted (RFC 3339).
-    pub expires_at: String,
-    /// Path of the serial console WebSocket, ticket included.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serial_url: Option<String>,
-    /// Path of the VNC WebSocket (subprotocol `binary`), ticket included.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vnc_url: Option<String>,
 }
 
 /// Query of the console WebSocket routes.
@@ -640,7 +592,7 @@ async fn connect_inner(
     authz: Option<String>,
 ) -> Result<HttpResponse, HttpResponse> {
     let refuse = |e: ApiError| api::reply(Err(e));
-    let kind = ConsoleKind::parse(&kind).map_err(refuse)?;
+    let kind = parse_kind(&kind).map_err(refuse)?;
     let m = api::member(&ctx).map_err(refuse)?;
     let access = authorize(&ctx, &m, &name, kind, q.ticket, authz)
         .await
@@ -699,7 +651,7 @@ async fn serve_peer(
     host: Arc<Host>,
 ) -> HttpResponse {
     let refuse = |e: ApiError| api::reply(Err(e));
-    let kind = match ConsoleKind::parse(&kind) {
+    let kind = match parse_kind(&kind) {
         Ok(k) => k,
         Err(e) => return refuse(e),
     };
@@ -1027,11 +979,8 @@ mod tests {
 
     #[test]
     fn console_kinds_parse_from_the_path() {
-        assert_eq!(ConsoleKind::parse("serial").unwrap(), ConsoleKind::Serial);
-        assert_eq!(ConsoleKind::parse("vnc").unwrap(), ConsoleKind::Vnc);
-        assert!(matches!(
-            ConsoleKind::parse("spice"),
-            Err(ApiError::NotFound(_))
-        ));
+        assert_eq!(parse_kind("serial").unwrap(), ConsoleKind::Serial);
+        assert_eq!(parse_kind("vnc").unwrap(), ConsoleKind::Vnc);
+        assert!(matches!(parse_kind("spice"), Err(ApiError::NotFound(_))));
     }
 }

@@ -49,6 +49,7 @@ pub use setting::{Setting, SettingKey, SettingValue};
 
 // Virtual machines, images and local storage (issue 3).
 mod condition;
+mod console;
 mod hardware;
 mod image;
 mod mac;
@@ -58,12 +59,14 @@ mod quantity;
 mod snapshot;
 mod task;
 mod update;
+mod upgrade;
 mod vm;
 mod vm_group;
 mod vm_update;
 mod volume;
 
 pub use condition::{find_condition, set_condition, Condition, ConditionStatus};
+pub use console::{ConsoleKind, ConsoleTicket, ConsoleTicketRequest};
 pub use hardware::{Arch, DiskBus, Firmware, NicModel, OsType};
 pub use image::{
     Checksum, Image, ImageCreate, ImageFormat, ImagePhase, ImageProgress, ImageSource, ImageSpec,
@@ -85,6 +88,7 @@ pub use vm::{
 pub use vm_group::{
     GroupPolicy, GroupStrength, VmGroup, VmGroupCreate, VmGroupSpec, VmGroupStatus, VmGroupUpdate,
 };
+pub use upgrade::{NodeUpgrade, NodeUpgradePhase, Upgrade, UpgradePhase, UpgradeSpec, UpgradeStatus};
 pub use vm_update::{VmPlacementUpdate, VmRename, VmUpdate};
 pub use volume::{
     local_pool_name, Qos, Volume, VolumeCreate, VolumeFormat, VolumePhase, VolumeResize,

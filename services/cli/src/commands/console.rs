@@ -13,9 +13,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
-use keel_model::Name;
+use keel_model::{ConsoleKind, ConsoleTicket, ConsoleTicketRequest, Name};
 use reqwest::{Method, StatusCode};
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -30,22 +29,6 @@ pub const ESCAPE: u8 = 0x1d;
 /// Where the system's CA bundle lives (used without `--ca-cert`).
 const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
-/// Body of the ticket request.
-#[derive(Debug, Serialize)]
-struct TicketRequest {
-    kind: &'static str,
-}
-
-/// What `POST /api/v1/vms/{name}/console` answers (the fields this command uses).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ConsoleTicket {
-    /// The ticket.
-    pub ticket: String,
-    /// Path of the serial WebSocket, ticket included.
-    #[serde(default)]
-    pub serial_url: Option<String>,
-}
-
 /// A console WebSocket over TLS.
 pub type ConsoleSocket = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
@@ -55,7 +38,9 @@ pub async fn run(client: &ApiClient, name: &Name) -> anyhow::Result<()> {
         .request(
             Method::POST,
             &format!("/api/v1/vms/{name}/console"),
-            Some(&TicketRequest { kind: "serial" }),
+            Some(&ConsoleTicketRequest {
+                kind: Some(ConsoleKind::Serial),
+            }),
         )
         .await?;
     let path = ticket
