@@ -59,7 +59,6 @@ mod quantity;
 mod snapshot;
 mod task;
 mod update;
-mod upgrade;
 mod vm;
 mod vm_group;
 mod vm_update;
@@ -88,7 +87,6 @@ pub use vm::{
 pub use vm_group::{
     GroupPolicy, GroupStrength, VmGroup, VmGroupCreate, VmGroupSpec, VmGroupStatus, VmGroupUpdate,
 };
-pub use upgrade::{NodeUpgrade, NodeUpgradePhase, Upgrade, UpgradePhase, UpgradeSpec, UpgradeStatus};
 pub use vm_update::{VmPlacementUpdate, VmRename, VmUpdate};
 pub use volume::{
     local_pool_name, Qos, Volume, VolumeCreate, VolumeFormat, VolumePhase, VolumeResize,
