@@ -43,6 +43,7 @@ pub mod scheduler;
 pub mod seed;
 pub mod storage;
 pub mod tls;
+pub mod upgrade;
 pub mod usage;
 pub mod wake;
 

@@ -59,6 +59,7 @@ mod quantity;
 mod snapshot;
 mod task;
 mod update;
+mod upgrade;
 mod vm;
 mod vm_group;
 mod vm_update;
@@ -86,6 +87,9 @@ pub use vm::{
 };
 pub use vm_group::{
     GroupPolicy, GroupStrength, VmGroup, VmGroupCreate, VmGroupSpec, VmGroupStatus, VmGroupUpdate,
+};
+pub use upgrade::{
+    NodeUpgrade, NodeUpgradePhase, Upgrade, UpgradePhase, UpgradeSpec, UpgradeStatus,
 };
 pub use vm_update::{VmPlacementUpdate, VmRename, VmUpdate};
 pub use volume::{
