@@ -280,9 +280,10 @@ async fn image_when(api: &Api, name: &str, phases: &[&str]) -> Result<Value> {
 }
 
 fn node_exec(dev: &DevCluster, node: &str, args: &[&str]) -> Result<String> {
-    let mut all = vec!["exec", node, "--"];
+    let state = dev.state.to_string_lossy().to_string();
+    let mut all = vec!["dev", "--state", &state, "exec", node, "--"];
     all.extend_from_slice(args);
-    dev.dev(&all)
+    keel_tests::keel(&all)
 }
 
 /// URL and host-file imports, conversion, guards, bad input, and a VM from a URL image.
@@ -360,16 +361,20 @@ async fn imports_by_nodes(dev: &DevCluster, api: &Api, disk: &Path) -> Result<()
         .state
         .join(format!("{holder}/state/pool/images/fromurl"));
     assert_eq!(sha256_of(&stored)?, qcow2_sum, "the stored file");
-    assert!(
-        !dev.state
-            .join(format!("{holder}/state/pool/uploads/fromurl.done"))
-            .exists()
-            && !dev
-                .state
-                .join(format!("{holder}/state/pool/uploads/fromurl.part"))
-                .exists(),
-        "nothing left in uploads/"
-    );
+    // The source files go right after the store says ready.
+    let uploads = dev.state.join(format!("{holder}/state/pool/uploads"));
+    wait_until("nothing left in uploads/", Duration::from_secs(10), || {
+        let uploads = uploads.clone();
+        async move {
+            let left: Vec<String> = std::fs::read_dir(&uploads)?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with("fromurl"))
+                .collect();
+            Ok(left.is_empty().then_some(()))
+        }
+    })
+    .await?;
 
     // A connection dropped halfway resumes with a Range request, and the result is right.
     let a = api
@@ -484,12 +489,23 @@ async fn imports_by_nodes(dev: &DevCluster, api: &Api, disk: &Path) -> Result<()
     let info: Value = serde_json::from_slice(&info.stdout)?;
     assert_eq!(info["format"], "qcow2", "{info}");
     assert_eq!(v["status"]["file_sha256"], sha256_of(&stored)?.as_str());
-    let uploads: Vec<_> = std::fs::read_dir(dev.state.join("node2/state/pool/uploads"))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with("fromvmdk"))
-        .collect();
-    assert!(uploads.is_empty(), "the original is removed: {uploads:?}");
+    let uploads = dev.state.join("node2/state/pool/uploads");
+    wait_until(
+        "the original to be removed",
+        Duration::from_secs(10),
+        || {
+            let uploads = uploads.clone();
+            async move {
+                let left: Vec<String> = std::fs::read_dir(&uploads)?
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| n.starts_with("fromvmdk"))
+                    .collect();
+                Ok(left.is_empty().then_some(()))
+            }
+        },
+    )
+    .await?;
     assert!(vmdk.exists(), "the source file on the host is left alone");
 
     // A file that is not there fails with a message naming it.

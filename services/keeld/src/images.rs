@@ -290,6 +290,12 @@ async fn finish(m: &Member, host: &Arc<Host>, name: &str) -> Result<UploadProgre
         Err(import::Stop::Gone) => {
             return Err(ApiError::NotFound(format!("image {name} was deleted")))
         }
+        Err(import::Stop::Settled) => {
+            return Err(ApiError::Conflict {
+                code: "already_exists",
+                message: format!("image {name} is already complete"),
+            })
+        }
         Err(import::Stop::Retry { message, .. }) => {
             return Err(ApiError::Internal(format!(
                 "image {name} has all its bytes but could not be stored yet ({message}); this node finishes it on its own"

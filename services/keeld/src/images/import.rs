@@ -41,6 +41,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 pub enum Stop {
     /// The image was deleted or re-created: drop the work.
     Gone,
+    /// The image is already ready or failed (another attempt settled it): leave its files.
+    Settled,
     /// Retrying cannot help: the image becomes `failed` with this message.
     Fatal(String),
     /// A passing trouble (network, store): back off and resume.
@@ -223,15 +225,19 @@ async fn update(
     f: impl Fn(&mut ImageStatus),
 ) -> Result<(), Stop> {
     let r = update_record(m, KIND, "image", name, image_of, |img: &mut Image| {
-        if img.metadata.uid != uid
-            || !matches!(
-                img.status.phase,
-                ImagePhase::Pending | ImagePhase::Importing
-            )
-        {
+        if img.metadata.uid != uid {
             return Err(ApiError::NotFound(format!(
                 "image {name} was deleted or replaced"
             )));
+        }
+        if !matches!(
+            img.status.phase,
+            ImagePhase::Pending | ImagePhase::Importing
+        ) {
+            return Err(ApiError::Conflict {
+                code: "already_exists",
+                message: format!("image {name} is settled already"),
+            });
         }
         let before = img.status.clone();
         f(&mut img.status);
@@ -241,6 +247,10 @@ async fn update(
     match r {
         Ok(_) => Ok(()),
         Err(ApiError::NotFound(_)) => Err(Stop::Gone),
+        Err(ApiError::Conflict {
+            code: "already_exists",
+            ..
+        }) => Err(Stop::Settled),
         Err(e) => Err(retry(format!("writing the image status: {e}"))),
     }
 }
@@ -279,6 +289,7 @@ impl Job {
         };
         match self.set(|s| s.progress = Some(p)).await {
             Err(Stop::Gone) => Err(Stop::Gone),
+            Err(Stop::Settled) => Err(Stop::Settled),
             // Progress is best effort; the bytes keep coming while the store is busy.
             _ => Ok(()),
         }
@@ -371,8 +382,8 @@ impl Job {
                 });
             })
             .await;
-        if let Err(Stop::Gone) = shown {
-            return Err(Stop::Gone);
+        if let Err(stop @ (Stop::Gone | Stop::Settled)) = shown {
+            return Err(stop);
         }
         if decision_is_complete(have, total) {
             return finish_file(file, hasher).await;
@@ -514,6 +525,26 @@ impl Job {
         let Some(_busy) = Busy::claim(&name) else {
             return;
         };
+        // The loop read a replica that may trail the leader: an attempt that just made the
+        // image ready may not show there yet. Check again, up to date, before touching files.
+        if let Err(e) = self.m.linearizable().await {
+            debug!(image = %name, error = %e, "cannot confirm the image is still wanted; next round");
+            return;
+        }
+        let current = self
+            .m
+            .get(KIND, &name)
+            .ok()
+            .flatten()
+            .and_then(|r| image_of(&r).ok());
+        let still = current.is_some_and(|i| {
+            i.metadata.uid == self.image.metadata.uid
+                && matches!(i.status.phase, ImagePhase::Pending | ImagePhase::Importing)
+                && i.status.node.as_deref() == Some(self.m.identity.name.as_str())
+        });
+        if !still {
+            return;
+        }
         let mut fruitless = 0u32;
         loop {
             let stop = match self.attempt().await {
@@ -524,6 +555,10 @@ impl Job {
                 Stop::Gone => {
                     info!(image = %name, "image deleted or replaced; import dropped");
                     cleanup(&self.host, &name, true);
+                    return;
+                }
+                Stop::Settled => {
+                    cleanup(&self.host, &name, false);
                     return;
                 }
                 Stop::Fatal(message) => {
@@ -543,9 +578,16 @@ impl Job {
                     let pause = backoff(fruitless);
                     warn!(image = %name, attempt = fruitless, error = %message, "import interrupted; resuming in {} s", pause.as_secs());
                     let shown = format!("{message}; resuming in {} s", pause.as_secs());
-                    if let Err(Stop::Gone) = self.set(|s| s.message = shown.clone()).await {
-                        cleanup(&self.host, &name, true);
-                        return;
+                    match self.set(|s| s.message = shown.clone()).await {
+                        Err(Stop::Gone) => {
+                            cleanup(&self.host, &name, true);
+                            return;
+                        }
+                        Err(Stop::Settled) => {
+                            cleanup(&self.host, &name, false);
+                            return;
+                        }
+                        _ => {}
                     }
                     tokio::time::sleep(pause).await;
                 }
@@ -684,6 +726,10 @@ pub async fn finalize(
         Err(Stop::Gone) => {
             cleanup(host, &name, true);
             Err(Stop::Gone)
+        }
+        Err(Stop::Settled) => {
+            cleanup(host, &name, false);
+            Err(Stop::Settled)
         }
         Err(e) => Err(e),
     }
