@@ -255,7 +255,7 @@ pub struct ImageImportArgs {
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Creates a VM with one disk `root` made from an image; it starts unless `--stopped`.
-    Create(VmCreateArgs),
+    Create(Box<VmCreateArgs>),
     /// Every VM with its phase, node, size and addresses.
     List(OutputArg),
     /// One VM in detail (`-o json`: the VM as the API returns it).

@@ -87,7 +87,17 @@ pub fn nvram_path(host: &Host, uid: &str) -> PathBuf {
 /// `POST /vms` checks beyond the model: the ISO is a ready image in ISO format. Also
 /// replaces a plain cloud-init password by its hash, so the clear text is never stored.
 pub fn check_create(m: &Member, body: &mut VmCreate) -> Result<(), ApiError> {
-    if let Some(iso) = &body.spec.iso {
+    check_iso(m, &body.spec)?;
+    if let Some(ci) = body.spec.cloud_init.as_mut() {
+        protect_password(ci);
+    }
+    Ok(())
+}
+
+/// The ISO `spec` attaches, if any, is a ready image in ISO format (400 `spec.iso`). For
+/// every path that sets `spec.iso` (create, PATCH).
+pub fn check_iso(m: &Member, spec: &VmSpec) -> Result<(), ApiError> {
+    if let Some(iso) = &spec.iso {
         let field = Some("spec.iso".to_string());
         let rec = m.get(crate::images::KIND, iso.as_str())?.ok_or_else(|| {
             ApiError::bad(
@@ -113,13 +123,11 @@ pub fn check_create(m: &Member, body: &mut VmCreate) -> Result<(), ApiError> {
             ));
         }
     }
-    if let Some(ci) = body.spec.cloud_init.as_mut() {
-        protect_password(ci);
-    }
     Ok(())
 }
 
 /// Replaces a plain password by its SHA-512 crypt hash; a crypt(3) hash is kept as given.
+/// For every path that stores a cloud-init spec (create, PATCH).
 pub fn protect_password(ci: &mut CloudInit) {
     if let Some(pw) = &ci.password {
         if !is_crypt_hash(pw) {

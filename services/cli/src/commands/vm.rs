@@ -615,7 +615,7 @@ mod tests {
     fn create_args(args: &[&str]) -> Result<VmCreateArgs, clap::Error> {
         let cli = Cli::try_parse_from(["keel", "vm", "create"].iter().chain(args))?;
         match cli.command {
-            Command::Vm(VmCommand::Create(a)) => Ok(a),
+            Command::Vm(VmCommand::Create(a)) => Ok(*a),
             other => panic!("{other:?}"),
         }
     }
