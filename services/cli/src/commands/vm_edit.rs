@@ -342,6 +342,61 @@ async fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, Command, VmCommand};
+    use clap::Parser;
+
+    fn vm_command(args: &[&str]) -> Result<VmCommand, clap::Error> {
+        let all: Vec<&str> = ["keel", "vm"].iter().chain(args).copied().collect();
+        match Cli::try_parse_from(all)?.command {
+            Command::Vm(c) => Ok(c),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_commands_parse_as_documented() {
+        let VmCommand::Resize(r) = vm_command(&[
+            "resize", "web", "--cpus", "2", "--memory", "512MiB", "--wait",
+        ])
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (r.cpus, r.memory, r.wait.wait),
+            (Some(2), Some(Bytes::from_mib(512)), true)
+        );
+        assert!(vm_command(&["resize", "web", "--memory", "lots"]).is_err());
+        let VmCommand::Disk(DiskCommand::Attach(a)) =
+            vm_command(&["disk", "attach", "web", "--size", "1GiB", "--name", "d1"]).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(a.disk_name.unwrap().as_str(), "d1");
+        assert!(
+            vm_command(&["disk", "attach", "web"]).is_err(),
+            "--size or --volume"
+        );
+        assert!(vm_command(&["disk", "attach", "web", "--size", "1GiB", "--volume", "v"]).is_err());
+        let VmCommand::Disk(DiskCommand::Detach(d)) =
+            vm_command(&["disk", "detach", "web", "d1", "--delete"]).unwrap()
+        else {
+            panic!()
+        };
+        assert!(d.delete);
+        assert!(matches!(
+            vm_command(&["nic", "attach", "web", "--network", "br-vms"]).unwrap(),
+            VmCommand::Nic(NicCommand::Attach(_))
+        ));
+        assert!(matches!(
+            vm_command(&["nic", "detach", "web", "net1"]).unwrap(),
+            VmCommand::Nic(NicCommand::Detach(_))
+        ));
+        assert!(matches!(
+            vm_command(&["rename", "web", "app", "-o", "json"]).unwrap(),
+            VmCommand::Rename(_)
+        ));
+        assert!(vm_command(&["rename", "web", "Not_DNS"]).is_err());
+    }
 
     #[test]
     fn device_names_and_waiting() {
