@@ -238,7 +238,9 @@ sqfs_bytes=$(stat -c %s "$work/root.sqfs")
 
 # ---- esp ---------------------------------------------------------------------------------
 log "esp: systemd-boot, kernel $kver, initrd"
-cmdline="root=PARTUUID=$ROOTA_GUID rootfstype=squashfs ro console=tty0 console=ttyS0,115200 quiet systemd.show_status=auto keel.slot=a"
+# panic=30: a slot whose root cannot be mounted (or whose kernel panics) reboots, so
+# systemd-boot counts the try and falls back (initramfs-tools reboots instead of a shell).
+cmdline="root=PARTUUID=$ROOTA_GUID rootfstype=squashfs ro console=tty0 console=ttyS0,115200 quiet systemd.show_status=auto panic=30 keel.slot=a"
 rm -f "$work/esp.img"
 mkfs.vfat -C -F 32 -n KEEL-ESP -i 4b45454c "$work/esp.img" $((ESP_MIB * 1024)) >/dev/null
 # Entries are keel-<generation>-<slot>[+tries].conf; systemd-boot starts the first match of

@@ -237,3 +237,16 @@ fi
 	echo "node1 boot report (systemd-analyze, first boot):"
 	boot_report 1
 } | tee "$work/timings.txt" >&2
+
+# ---- A/B fallback of the boot loader (one VM, after the cluster is stopped) -----------------
+# A new slot that never comes up: systemd-boot tries it once, then boots slot A by itself.
+if [ -z "${KEEL_E2E_SKIP_FALLBACK:-}" ]; then
+	[ -n "${KEEL_E2E_KEEP:-}" ] || stop_all
+	fb_start=$(date +%s)
+	if KEEL_E2E_FALLBACK_DIR="$work/boot-fallback" "$repo/tests/e2e/boot-fallback.sh" "${KEEL_E2E_RAW:-$repo/target/image/keel.raw}" >"$work/boot-fallback.log" 2>&1; then
+		pass "A/B fallback: a new slot that does not boot is tried once, then slot A boots by itself ($(($(date +%s) - fb_start)) s)"
+	else
+		fail "A/B fallback: $(grep -a 'FAIL' "$work/boot-fallback.log" | head -n 3 | tr '\n' ' ') (see $work/boot-fallback.log)"
+	fi
+	echo "boot_fallback_s: $(($(date +%s) - fb_start))" >>"$work/timings.txt"
+fi
