@@ -314,7 +314,11 @@ fn check(vm: &Vm, new: &Vm, version: Option<u64>) -> Result<(), ApiError> {
               (status = 409, body = ErrorBody)))]
 async fn patch_vm(name: String, ctx: Ctx, authz: Option<String>, body: Body) -> ApiResult {
     let (m, _) = authenticate(&ctx, authz).await?;
-    let upd: VmUpdate = parse(&body)?;
+    let mut upd: VmUpdate = parse(&body)?;
+    // A plain cloud-init password is stored only as a hash (crate::cloudinit).
+    if let Some(ci) = upd.cloud_init.as_mut() {
+        crate::cloudinit::protect_password(ci);
+    }
     // Detached disks stay as standalone volumes (use DELETE …/disks/{disk}?delete=true to
     // delete one with the detach).
     let before = current(&m, &name).await?;
@@ -323,6 +327,9 @@ async fn patch_vm(name: String, ctx: Ctx, authz: Option<String>, body: Body) -> 
     // Refusals come first: a refused request changes nothing.
     let planned = upd.apply(&before)?;
     check(&before, &planned, upd.version)?;
+    if upd.iso.is_some() {
+        crate::cloudinit::check_iso(&m, &planned.spec)?;
+    }
     keep_removed(&m, &before, &planned.spec).await?;
     let vm = edit(&m, &name, upd.version, |v| Ok(upd.apply(v)?)).await?;
     ok(&vm)
