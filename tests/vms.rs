@@ -4,8 +4,10 @@
 //! Open vSwitch bridge, stop/start converge, delete leaves no domain, disk, port or tap device
 //! behind, and bad input gets a clear 4xx and creates nothing.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
-use keel_tests::{ok, DevCluster};
+use keel_tests::{ok, wait_until, DevCluster};
 use serde_json::{json, Value};
 
 /// The guest taps plugged into the node's bridge, and the tap devices that exist at all.
@@ -41,6 +43,49 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
         dev.cli(&["image", "import", &disk_s, "--name", "tiny", "--wait"])?,
         "image import",
     )?;
+
+    // Every node says how its guests run: this machine's /dev/kvm hangs guests (or is
+    // absent), so the probe's verdict is TCG with the reason; a node setting forces TCG too,
+    // and an unknown value is reported, not guessed at.
+    let hv = wait_until(
+        "node1 reporting its hypervisor",
+        Duration::from_secs(60),
+        || async {
+            let n = api.call("GET", "/api/v1/nodes/node1", None).await?;
+            Ok((!n.body["status"]["hypervisor"].is_null())
+                .then(|| n.body["status"]["hypervisor"].clone()))
+        },
+    )
+    .await?;
+    if hv["kvm"] != "usable" {
+        assert_eq!(hv["accel"], "tcg", "{hv}");
+        assert!(hv["message"].as_str().unwrap_or("").contains("TCG"), "{hv}");
+    }
+    for (value, want) in [("tcg", "forces emulation"), ("turbo", "not known")] {
+        let s = api.put_setting("virt.accel.node1", json!(value)).await?;
+        assert_eq!(s.status, 200, "{}", s.body);
+        let hv = wait_until(
+            "node1 applying virt.accel.node1",
+            Duration::from_secs(30),
+            || async {
+                let n = api.call("GET", "/api/v1/nodes/node1", None).await?;
+                let hv = n.body["status"]["hypervisor"].clone();
+                Ok(hv["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains(want)
+                    .then_some(hv))
+            },
+        )
+        .await?;
+        if value == "tcg" {
+            assert_eq!(hv["accel"], "tcg", "{hv}");
+        }
+    }
+    let d = api
+        .call("DELETE", "/api/v1/settings/virt.accel.node1", None)
+        .await?;
+    assert_eq!(d.status, 204, "{}", d.body);
 
     // Bad input: a clear 4xx, and nothing is created.
     let spec = |name: &str, image: &str, cpus: u32, memory: Value| {

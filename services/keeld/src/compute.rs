@@ -260,9 +260,11 @@ pub async fn node_loop(m: Arc<Member>, host: Arc<Host>, mut shutdown: watch::Rec
     let mut booted = false;
     loop {
         tokio::select! { _ = tick.tick() => {} _ = wake.changed() => {} _ = shutdown.changed() => return }
-        let Some((hv, kvm)) = host.hv.get().cloned() else {
+        let Some((hv, _)) = host.hv.get().cloned() else {
             continue;
         };
+        // KVM when the probe found it usable and no setting forces TCG (crate::host).
+        let kvm = crate::host::report_hypervisor(&m, &host).await;
         // Once per host boot, before anything is started: autostart (crate::cloudinit).
         if !booted {
             match crate::cloudinit::boot_policy(&m, &hv).await {

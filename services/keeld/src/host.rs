@@ -83,6 +83,8 @@ pub struct Host {
     pub pool: Pool,
     /// The node's libvirt once it answered, and whether KVM works there.
     pub hv: std::sync::OnceLock<(Arc<dyn Hypervisor>, bool)>,
+    /// What the KVM probe found (set with `hv`).
+    pub kvm: std::sync::OnceLock<KvmStatus>,
 }
 
 impl std::fmt::Debug for Host {
@@ -100,6 +102,7 @@ impl Host {
         Ok(Self {
             pool: Pool::open(&state_dir.join("pool"))?,
             hv: std::sync::OnceLock::new(),
+            kvm: std::sync::OnceLock::new(),
         })
     }
 
@@ -111,17 +114,19 @@ impl Host {
             let u = uri.clone();
             let res = tokio::task::spawn_blocking(move || {
                 keel_virt::Libvirt::connect(&u).map(|lv| {
-                    let kvm = matches!(lv.kvm_status(), KvmStatus::Usable);
-                    (lv, kvm)
+                    let status = lv.kvm_status();
+                    (lv, status)
                 })
             })
             .await;
             match res {
-                Ok(Ok((lv, kvm))) => {
+                Ok(Ok((lv, status))) => {
+                    let kvm = matches!(status, KvmStatus::Usable);
                     if !kvm {
-                        warn!("KVM does not work on this node: guests run emulated (TCG)");
+                        warn!(kvm = %status, "KVM does not work on this node: guests run emulated (TCG)");
                     }
                     info!(%uri, kvm, "hypervisor connected");
+                    let _ = self.kvm.set(status);
                     let _ = self.hv.set((Arc::new(lv), kvm));
                     return;
                 }
@@ -133,5 +138,162 @@ impl Host {
             }
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         }
+    }
+}
+
+/// Cluster setting that forces emulation on every node (`"tcg"`; `"auto"` or absent: KVM
+/// when the probe found it usable).
+pub const ACCEL_SETTING: &str = "virt.accel";
+
+/// The same for one node: `virt.accel.<node>` (it wins over the cluster-wide one).
+pub fn node_accel_setting(node: &str) -> String {
+    format!("{ACCEL_SETTING}.{node}")
+}
+
+/// Whether a setting value forces TCG; `None` when the value is not one Keel knows (the caller
+/// says so in the node's status rather than guessing).
+pub fn forces_tcg(value: &serde_json::Value) -> Option<bool> {
+    match value.as_str() {
+        Some("tcg") => Some(true),
+        Some("auto") | Some("kvm") => Some(false),
+        _ => None,
+    }
+}
+
+/// How guests run on this node (pure): the probe's verdict and the settings, node first.
+pub fn hypervisor_status(
+    probe: &KvmStatus,
+    node_setting: Option<&serde_json::Value>,
+    cluster_setting: Option<&serde_json::Value>,
+    node: &str,
+) -> keel_model::HypervisorStatus {
+    use keel_model::{Accel, HypervisorStatus, KvmState};
+    let kvm = match probe {
+        KvmStatus::Usable => KvmState::Usable,
+        KvmStatus::Missing => KvmState::Missing,
+        KvmStatus::Broken { .. } => KvmState::Broken,
+    };
+    let (key, setting) = match (node_setting, cluster_setting) {
+        (Some(v), _) => (node_accel_setting(node), Some(v)),
+        (None, Some(v)) => (ACCEL_SETTING.to_string(), Some(v)),
+        (None, None) => (String::new(), None),
+    };
+    let mut notes = Vec::new();
+    let forced = match setting.map(|v| (v, forces_tcg(v))) {
+        Some((_, Some(f))) => f,
+        Some((v, None)) => {
+            notes.push(format!(
+                "setting {key} = {v} is not known (use \"tcg\" or \"auto\"); it is ignored"
+            ));
+            false
+        }
+        None => false,
+    };
+    let accel = if kvm == KvmState::Usable && !forced {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
+    if accel == Accel::Tcg {
+        let why = if forced {
+            format!("setting {key} = \"tcg\" forces emulation")
+        } else {
+            match probe {
+                KvmStatus::Missing => "there is no KVM device (/dev/kvm)".to_string(),
+                KvmStatus::Broken { reason } => {
+                    format!("KVM is present but a test guest did not run: {reason}")
+                }
+                KvmStatus::Usable => String::new(),
+            }
+        };
+        notes.insert(0, format!("guests run emulated (TCG), much slower: {why}"));
+    }
+    HypervisorStatus {
+        accel,
+        kvm,
+        message: notes.join("; "),
+    }
+}
+
+/// Records how guests run on this node in its status (no write when nothing changed); true
+/// when KVM may be used.
+pub async fn report_hypervisor(m: &crate::member::Member, host: &Host) -> bool {
+    let Some(probe) = host.kvm.get() else {
+        return false;
+    };
+    let me = m.identity.name.clone();
+    let setting = |key: &str| {
+        m.get(crate::member::kinds::SETTINGS, key)
+            .ok()
+            .flatten()
+            .and_then(|r| r.value.get("value").cloned())
+    };
+    let status = hypervisor_status(
+        probe,
+        setting(&node_accel_setting(&me)).as_ref(),
+        setting(ACCEL_SETTING).as_ref(),
+        &me,
+    );
+    let kvm = status.accel == keel_model::Accel::Kvm;
+    let res = crate::lifecycle::update_node(m, &me, |n| {
+        if n.status.hypervisor.as_ref() != Some(&status) {
+            n.status.hypervisor = Some(status.clone());
+        }
+    })
+    .await;
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "recording the hypervisor status failed");
+    }
+    kvm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_model::{Accel, KvmState};
+    use serde_json::json;
+
+    #[test]
+    fn kvm_when_usable_and_not_forced() {
+        let s = hypervisor_status(&KvmStatus::Usable, None, None, "n1");
+        assert_eq!(
+            (s.accel, s.kvm, s.message.as_str()),
+            (Accel::Kvm, KvmState::Usable, "")
+        );
+        let s = hypervisor_status(&KvmStatus::Usable, None, Some(&json!("auto")), "n1");
+        assert_eq!(s.accel, Accel::Kvm);
+    }
+
+    #[test]
+    fn broken_kvm_falls_back_with_the_reason() {
+        let probe = KvmStatus::Broken {
+            reason: "no exit within 3s".into(),
+        };
+        let s = hypervisor_status(&probe, None, None, "n1");
+        assert_eq!((s.accel, s.kvm), (Accel::Tcg, KvmState::Broken));
+        assert!(s.message.contains("no exit within 3s"), "{}", s.message);
+        let s = hypervisor_status(&KvmStatus::Missing, None, None, "n1");
+        assert!(s.message.contains("/dev/kvm"), "{}", s.message);
+    }
+
+    #[test]
+    fn settings_force_tcg_node_first() {
+        let s = hypervisor_status(&KvmStatus::Usable, None, Some(&json!("tcg")), "n1");
+        assert_eq!(s.accel, Accel::Tcg);
+        assert!(s.message.contains("virt.accel = \"tcg\""), "{}", s.message);
+        // The node's own setting wins over the cluster's.
+        let s = hypervisor_status(
+            &KvmStatus::Usable,
+            Some(&json!("auto")),
+            Some(&json!("tcg")),
+            "n1",
+        );
+        assert_eq!(s.accel, Accel::Kvm);
+        let s = hypervisor_status(&KvmStatus::Usable, Some(&json!("tcg")), None, "n1");
+        assert!(s.message.contains("virt.accel.n1"), "{}", s.message);
+        // An unknown value is ignored, and said so.
+        let s = hypervisor_status(&KvmStatus::Usable, Some(&json!("fast")), None, "n1");
+        assert_eq!(s.accel, Accel::Kvm);
+        assert!(s.message.contains("not known"), "{}", s.message);
     }
 }

@@ -74,6 +74,43 @@ pub struct NodeStatus {
     /// Keel reports them and never touches them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unmanaged_domains: Vec<String>,
+    /// How guests run on this node (absent until its hypervisor answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hypervisor: Option<HypervisorStatus>,
+}
+
+/// How guests run on a node: hardware-assisted (KVM) or emulated (TCG), and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HypervisorStatus {
+    /// What new domains on this node use.
+    pub accel: Accel,
+    /// What the KVM probe found (a real guest run, not just opening /dev/kvm).
+    pub kvm: KvmState,
+    /// Why guests are emulated, when they are (a warning: emulated guests are much slower).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// How guests are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware-assisted virtualisation.
+    Kvm,
+    /// Emulation (QEMU's TCG): works everywhere, much slower.
+    Tcg,
+}
+
+/// What the KVM probe found on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KvmState {
+    /// A test guest ran under KVM.
+    Usable,
+    /// There is no KVM device.
+    Missing,
+    /// KVM is there but a test guest did not run (the message says what happened).
+    Broken,
 }
 
 /// How far emptying a node for maintenance has come.
