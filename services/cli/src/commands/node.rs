@@ -87,6 +87,15 @@ fn state_cell(n: &Node) -> String {
     }
 }
 
+/// How guests run: `kvm`, or `tcg` with the reason.
+fn hypervisor_cell(h: Option<&keel_model::HypervisorStatus>) -> String {
+    match h {
+        None => "- (no hypervisor yet)".into(),
+        Some(h) if h.message.is_empty() => wire_name(&h.accel),
+        Some(h) => format!("{} ({})", wire_name(&h.accel), h.message),
+    }
+}
+
 /// One node in detail.
 pub fn render_show(n: &Node, now: time::OffsetDateTime) -> String {
     let s = &n.status;
@@ -114,6 +123,7 @@ pub fn render_show(n: &Node, now: time::OffsetDateTime) -> String {
         ("keel", s.versions.keel.clone()),
         ("kernel", s.versions.kernel.clone()),
         ("os", s.versions.os.clone()),
+        ("guests", hypervisor_cell(s.hypervisor.as_ref())),
     ]);
     let mut disks = Table::new(["DISK", "SIZE", "TYPE", "MODEL"]);
     for d in &s.disks {
@@ -234,6 +244,18 @@ mod tests {
         assert!(show.contains("vda   10.0 GiB  ssd"), "{show}");
         assert!(
             show.contains("eth0  up     52:54:00:00:00:01  1500  -      10.77.0.11/24"),
+            "{show}"
+        );
+        assert!(show.contains("(no hypervisor yet)"), "{show}");
+        let mut n = node();
+        n.status.hypervisor = Some(keel_model::HypervisorStatus {
+            accel: keel_model::Accel::Tcg,
+            kvm: keel_model::KvmState::Missing,
+            message: "guests run emulated (TCG), much slower: there is no KVM device".into(),
+        });
+        let show = render_show(&n, now);
+        assert!(
+            show.contains("tcg (guests run emulated (TCG), much slower: there is no KVM device)"),
             "{show}"
         );
     }
