@@ -177,6 +177,8 @@ struct Served {
     drop_once: Vec<String>,
     /// (path, Range header) of every request.
     seen: Vec<(String, Option<String>)>,
+    /// Paths sent slowly (64 KiB every 50 ms), so a node can be stopped mid-download.
+    slow: Vec<String>,
 }
 
 /// A tiny HTTP/1.1 server (one request per connection) that honours `Range: bytes=N-`.
@@ -203,15 +205,16 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<Served>>) {
                     .eq_ignore_ascii_case("range")
                     .then(|| v.trim().to_string())
             });
-            let (body, drop_now) = {
+            let (body, drop_now, slow) = {
                 let mut st = state.lock().unwrap();
                 st.seen.push((path.clone(), range.clone()));
+                let slow = st.slow.contains(&path);
                 let body = st.files.get(&path).cloned();
                 let drop_now = range.is_none() && st.drop_once.contains(&path);
                 if drop_now {
                     st.drop_once.retain(|p| p != &path);
                 }
-                (body, drop_now)
+                (body, drop_now, slow)
             };
             let Some(body) = body else {
                 let _ = conn
@@ -245,7 +248,16 @@ async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<Served>>) {
                 return;
             }
             let until = if drop_now { len / 2 } else { len };
-            let _ = conn.write_all(&body[from..until.max(from)]).await;
+            if slow {
+                for piece in body[from..until.max(from)].chunks(64 << 10) {
+                    if conn.write_all(piece).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            } else {
+                let _ = conn.write_all(&body[from..until.max(from)]).await;
+            }
             let _ = conn.shutdown().await;
         });
     }
@@ -329,6 +341,8 @@ async fn imports_by_nodes(dev: &DevCluster, api: &Api, disk: &Path) -> Result<()
         st.files
             .insert("/backed.qcow2".into(), std::fs::read(&backed)?);
         st.drop_once.push("/flaky.qcow2".into());
+        st.files.insert("/slow.qcow2".into(), qcow2_bytes.clone());
+        st.slow.push("/slow.qcow2".into());
     }
     tokio::spawn(serve(listener, served.clone()));
 
@@ -653,6 +667,61 @@ async fn imports_by_nodes(dev: &DevCluster, api: &Api, disk: &Path) -> Result<()
         del.status.success(),
         "{}",
         String::from_utf8_lossy(&del.stderr)
+    );
+
+    // keeld stopped mid-download: once it is back, the download resumes where the part
+    // file ends (a Range request), and the image is right.
+    let a = api
+        .call(
+            "POST",
+            "/api/v1/images",
+            Some(
+                json!({"metadata": {"name": "slow"}, "spec": {"source": {"type": "url",
+                "url": format!("{base}/slow.qcow2"), "node": "node2"},
+                "checksum": format!("sha256:{qcow2_sum}")}}),
+            ),
+        )
+        .await?;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let part = dev.state.join("node2/state/pool/uploads/slow.part");
+    wait_until("part of the slow download", Duration::from_secs(60), || {
+        let part = part.clone();
+        async move {
+            let n = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+            Ok((n > 1 << 20).then_some(()))
+        }
+    })
+    .await?;
+    dev.dev(&["stop", "node2"])?;
+    let kept = std::fs::metadata(&part)?.len();
+    assert!(kept > 0 && kept < qcow2_bytes.len() as u64, "{kept}");
+    dev.dev(&["start", "node2"])?;
+    let slow = image_when(api, "slow", &["ready", "failed"]).await?;
+    assert_eq!(slow["status"]["phase"], "ready", "{slow}");
+    assert_eq!(slow["status"]["sha256"], qcow2_sum.as_str(), "{slow}");
+    let seen: Vec<Option<String>> = served
+        .lock()
+        .unwrap()
+        .seen
+        .iter()
+        .filter(|(p, _)| p == "/slow.qcow2")
+        .map(|(_, r)| r.clone())
+        .collect();
+    let resumed_at: Vec<u64> = seen
+        .iter()
+        .flatten()
+        .filter_map(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+        .collect();
+    assert!(
+        resumed_at.iter().any(|&n| n >= kept),
+        "after the restart the download resumed at or after byte {kept}: {seen:?}"
+    );
+    eprintln!(
+        "images: download resumed after a keeld restart: kept {kept} bytes, requests {seen:?}"
+    );
+    assert_eq!(
+        sha256_of(&dev.state.join("node2/state/pool/images/slow"))?,
+        qcow2_sum
     );
     Ok(())
 }
