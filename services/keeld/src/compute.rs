@@ -177,18 +177,17 @@ pub async fn update(m: &Member, name: &str, f: impl Fn(&mut Vm)) -> Result<Vm, A
 }
 
 /// Leader: binds unbound VMs to nodes.
-pub async fn schedule_loop(m: Arc<Member>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut wake = crate::wake::Wake::new(m.clone(), &[VMS, GROUPS, kinds::NODES]);
-    loop {
-        tokio::select! { _ = tick.tick() => {} _ = wake.changed() => {} _ = shutdown.changed() => return }
-        if !m.is_leader() {
-            continue;
-        }
-        if let Err(e) = schedule_round(&m).await {
-            debug!(error = %e, "scheduling round failed");
-        }
-    }
+pub async fn schedule_loop(m: Arc<Member>, shutdown: watch::Receiver<bool>) {
+    crate::wake::reconcile_loop(
+        m,
+        &[VMS, GROUPS, kinds::NODES],
+        Duration::from_millis(500),
+        crate::wake::Runs::OnLeader,
+        "scheduling",
+        shutdown,
+        |m| async move { schedule_round(&m).await },
+    )
+    .await
 }
 
 async fn schedule_round(m: &Member) -> Result<(), ApiError> {

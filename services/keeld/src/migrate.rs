@@ -29,7 +29,7 @@ use keel_model::{
 use keel_store::{Record, Request, Response};
 use keel_virt::{DomainState, Hypervisor, MigrateOptions};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::compute::{self, vm_of, VMS};
 use crate::error::ApiError;
@@ -529,19 +529,26 @@ struct NodeState {
 
 /// Every node: drives the migrations it is the source of and prepares those it is the
 /// destination of.
-pub async fn node_loop(m: Arc<Member>, host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut wake = crate::wake::Wake::new(m.clone(), &[TASKS, VMS]);
+pub async fn node_loop(m: Arc<Member>, host: Arc<Host>, shutdown: watch::Receiver<bool>) {
     let state = Arc::new(Mutex::new(NodeState::default()));
-    loop {
-        tokio::select! { _ = tick.tick() => {} _ = wake.changed() => {} _ = shutdown.changed() => return }
-        let Some((hv, _)) = host.hv.get().cloned() else {
-            continue;
-        };
-        if let Err(e) = node_round(&m, &host, &hv, &state).await {
-            debug!(error = %e, "migration round failed");
-        }
-    }
+    crate::wake::reconcile_loop(
+        m,
+        &[TASKS, VMS],
+        Duration::from_millis(500),
+        crate::wake::Runs::Everywhere,
+        "migration",
+        shutdown,
+        |m| {
+            let (host, state) = (host.clone(), state.clone());
+            async move {
+                let Some((hv, _)) = host.hv.get().cloned() else {
+                    return Ok(());
+                };
+                node_round(&m, &host, &hv, &state).await
+            }
+        },
+    )
+    .await
 }
 
 fn lock(state: &Mutex<NodeState>) -> std::sync::MutexGuard<'_, NodeState> {
@@ -1050,18 +1057,17 @@ async fn finish(
 }
 
 /// Leader: empties nodes in maintenance, one live migration at a time per node.
-pub async fn maintenance_loop(m: Arc<Member>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut wake = crate::wake::Wake::new(m.clone(), &[VMS, TASKS, kinds::NODES]);
-    loop {
-        tokio::select! { _ = tick.tick() => {} _ = wake.changed() => {} _ = shutdown.changed() => return }
-        if !m.is_leader() {
-            continue;
-        }
-        if let Err(e) = maintenance_round(&m).await {
-            debug!(error = %e, "maintenance round failed");
-        }
-    }
+pub async fn maintenance_loop(m: Arc<Member>, shutdown: watch::Receiver<bool>) {
+    crate::wake::reconcile_loop(
+        m,
+        &[VMS, TASKS, kinds::NODES],
+        Duration::from_secs(1),
+        crate::wake::Runs::OnLeader,
+        "maintenance",
+        shutdown,
+        |m| async move { maintenance_round(&m).await },
+    )
+    .await
 }
 
 async fn maintenance_round(m: &Member) -> Result<(), ApiError> {

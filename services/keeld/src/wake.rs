@@ -67,3 +67,40 @@ impl Wake {
         while let Some(Some(_)) = changes.next().now_or_never() {}
     }
 }
+
+/// Which members run a [`reconcile_loop`]'s rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runs {
+    /// Only the Raft leader (cluster-wide decisions: scheduling, maintenance).
+    OnLeader,
+    /// Every member (converging its own host).
+    Everywhere,
+}
+
+/// The level-triggered loop every reconciler shares: one `round` every `period` and whenever a
+/// record of `kinds` changes, until `shutdown`; a failed round is logged (under `what`) and
+/// simply retried by the next one.
+pub async fn reconcile_loop<F, Fut>(
+    m: Arc<Member>,
+    kinds: &'static [&'static str],
+    period: std::time::Duration,
+    runs: Runs,
+    what: &'static str,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    round: F,
+) where
+    F: Fn(Arc<Member>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::error::ApiError>>,
+{
+    let mut tick = tokio::time::interval(period);
+    let mut wake = Wake::new(m.clone(), kinds);
+    loop {
+        tokio::select! { _ = tick.tick() => {} _ = wake.changed() => {} _ = shutdown.changed() => return }
+        if runs == Runs::OnLeader && !m.is_leader() {
+            continue;
+        }
+        if let Err(e) = round(m.clone()).await {
+            tracing::debug!(error = %e, "{what} round failed");
+        }
+    }
+}
