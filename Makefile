@@ -66,7 +66,7 @@ image-deps:
 	fi
 
 image: image-deps
-	$(CARGO) build --release -p keel-keeld -p keel-cli -p keel-installer
+	$(CARGO) build --release -p keel-keeld -p keel-cli -p keel-installer -p keel-update
 	image/build.sh
 
 # Three appliance VMs (QEMU, TCG) form a cluster from their seed disks; one reboots and rejoins.
