@@ -397,6 +397,41 @@ async fn vm_boot_config_uefi_iso_cloud_init_autostart() -> Result<()> {
         .context("Autostart condition")?;
     assert_eq!(cond["reason"], "HostRestarted", "{cond}");
     assert!(virsh(&dev, &["domstate", "cfg"])?.contains("shut off"));
+    // A new password through PATCH (the VM is stopped) ends up hashed in the store too, and
+    // the rebuilt seed carries the new hash.
+    let a = api
+        .call(
+            "PATCH",
+            "/api/v1/vms/cfg",
+            Some(json!({"cloud_init": {"hostname": "cfg-host", "password": "An0ther-pw!"}})),
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let new_hash = wait_until(
+        "the new password hashed",
+        Duration::from_secs(60),
+        || async {
+            let v = vm(&api, "cfg").await?.body;
+            let p = v["spec"]["cloud_init"]["password"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            Ok((p.starts_with("$6$") && p != hash).then_some(p))
+        },
+    )
+    .await?;
+    wait_until("the seed rebuilt", Duration::from_secs(60), || async {
+        Ok(iso_file(&seed, "/user-data")
+            .ok()
+            .filter(|u| u.contains(&new_hash))
+            .map(|_| ()))
+    })
+    .await?;
+    assert!(!vm(&api, "cfg")
+        .await?
+        .body
+        .to_string()
+        .contains("An0ther-pw!"));
     // Started by hand, it runs again (and its NVRAM was kept).
     ok(dev.cli(&["vm", "start", "cfg", "--wait"])?, "vm start cfg")?;
     assert!(nvram.is_file());

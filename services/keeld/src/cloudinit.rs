@@ -398,6 +398,22 @@ pub async fn prepare(m: &Member, host: &Host, vm: &Vm) -> Result<BootConfig, Str
         cdroms.push(Cdrom { path });
     }
     match &vm.spec.cloud_init {
+        Some(ci) if ci.password.as_deref().is_some_and(|p| !is_crypt_hash(p)) => {
+            // A path that stored a plain password (every API path should hash it first):
+            // hash it in the store now, and build the seed from that next round.
+            crate::compute::update(m, name, |v| {
+                if let Some(ci) = v.spec.cloud_init.as_mut() {
+                    protect_password(ci);
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            warn!(
+                vm = name,
+                "a plain cloud-init password was stored; replaced by its hash"
+            );
+            return Err("the cloud-init password was stored in clear; hashed it, retrying".into());
+        }
         Some(ci) => {
             let seed = render_seed(name, &vm.metadata.uid, ci);
             let path = ensure_seed(host, uid, &seed).await?;
