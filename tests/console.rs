@@ -161,12 +161,7 @@ async fn ticket(api: &Api, vm: &str, body: Option<Value>) -> Result<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consoles_reach_the_guest_through_another_node() -> Result<()> {
     let dev = DevCluster::up("console", 3, "10.77.7.0/24", 18449)?;
-    let disk = dev.guest_disk()?;
-    let disk_s = disk.to_string_lossy().to_string();
-    ok(
-        dev.cli(&["image", "import", &disk_s, "--name", "tiny", "--wait"])?,
-        "image import",
-    )?;
+    dev.import_guest_image("tiny")?;
     ok(
         dev.cli(&[
             "vm", "create", "con1", "--image", "tiny", "--cpus", "1", "--memory", "128MiB",

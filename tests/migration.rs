@@ -55,7 +55,20 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
     let out = dev.cli(&["image", "import", &disk, "--name", "tiny", "--wait"])?;
     anyhow::ensure!(out.status.success(), "{out:?}");
     let out = dev.cli(&[
-        "vm", "create", VM, "--image", "tiny", "--cpus", "1", "--memory", "128MiB", "--wait",
+        "vm",
+        "create",
+        VM,
+        "--image",
+        "tiny",
+        "--cpus",
+        "1",
+        "--memory",
+        "128MiB",
+        // A cloud-init seed: a read-only CD-ROM libvirt does not copy, so every destination
+        // must make its own.
+        "--hostname",
+        VM,
+        "--wait",
     ])?;
     anyhow::ensure!(out.status.success(), "{out:?}");
     let source = vm(&api).await?["status"]["node"]
@@ -321,8 +334,16 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
         !dev.domains(&here)?.contains(&VM.to_string()),
         "gone from {here}"
     );
-    let state = dev.virsh(&there, &["domstate", VM])?;
-    assert_eq!(state.trim(), "shut off", "{there}: {state}");
+    // Defined there and off (moved paused, so its vCPUs never ran; then powered off).
+    wait_until(
+        "the moved domain shut off on its new node",
+        Duration::from_secs(60),
+        || async {
+            let state = dev.virsh(&there, &["domstate", VM])?;
+            Ok((state.trim() == "shut off").then_some(()))
+        },
+    )
+    .await?;
     let log_before = dev.serial_counters(&there, VM);
     let out = dev.cli(&["vm", "start", VM, "--wait"])?;
     anyhow::ensure!(

@@ -98,12 +98,7 @@ fn assert_field(a: &keel_tests::Answer, status: u16, field: &str, what: &str) {
 async fn storage_pools_volumes_snapshots_clones_templates() -> Result<()> {
     let dev = DevCluster::up("storage", 2, "10.77.10.0/24", 18452)?;
     let api = dev.client(&dev.info.endpoint).await?;
-    let disk = dev.guest_disk()?;
-    let disk_s = disk.to_string_lossy().to_string();
-    ok(
-        dev.cli(&["image", "import", &disk_s, "--name", "tiny", "--wait"])?,
-        "image import",
-    )?;
+    dev.import_guest_image("tiny")?;
 
     // Pools: one per node, with plausible numbers.
     let pools = wait_until("both pools", Duration::from_secs(30), || async {

@@ -93,12 +93,7 @@ async fn live_size(dev: &DevCluster, node: &str, name: &str, vcpus: u32, kib: u6
 async fn running_and_stopped_vms_change_as_asked() -> Result<()> {
     let dev = DevCluster::up("vmedit", 1, "10.77.12.0/24", 18454)?;
     let api = dev.client(&dev.info.endpoint).await?;
-    let disk = dev.guest_disk()?;
-    let disk_s = disk.to_string_lossy().to_string();
-    ok(
-        dev.cli(&["image", "import", &disk_s, "--name", "tiny", "--wait"])?,
-        "image import",
-    )?;
+    dev.import_guest_image("tiny")?;
     ok(
         dev.cli(&[
             "vm",

@@ -37,12 +37,7 @@ fn virsh_list(dev: &DevCluster, node: &str) -> Result<String> {
 async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
     let dev = DevCluster::up("vms", 3, "10.77.6.0/24", 18448)?;
     let api = dev.client(&dev.info.endpoint).await?;
-    let disk = dev.guest_disk()?;
-    let disk_s = disk.to_string_lossy().to_string();
-    ok(
-        dev.cli(&["image", "import", &disk_s, "--name", "tiny", "--wait"])?,
-        "image import",
-    )?;
+    dev.import_guest_image("tiny")?;
 
     // Every node says how its guests run: this machine's /dev/kvm hangs guests (or is
     // absent), so the probe's verdict is TCG with the reason; a node setting forces TCG too,
@@ -243,6 +238,21 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
     let state = dev.virsh(&node, &["domstate", &name])?;
     assert!(state.contains("running"), "{state}");
 
+    // An image VMs boot from cannot be deleted from under them.
+    let busy = api.call("DELETE", "/api/v1/images/tiny", None).await?;
+    assert_eq!(busy.status, 409, "{}", busy.body);
+    assert_eq!(busy.body["error"]["code"], "in_use", "{}", busy.body);
+    assert!(
+        busy.body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("VM {name}")),
+        "{}",
+        busy.body
+    );
+    let still = api.call("GET", "/api/v1/images/tiny", None).await?;
+    assert_eq!(still.status, 200, "{}", still.body);
+
     // Delete leaves no domain and no disk behind.
     for (name, node) in &nodes {
         ok(dev.cli(&["vm", "delete", name, "--wait"])?, "vm delete")?;
@@ -264,5 +274,8 @@ async fn vms_run_on_their_nodes_hypervisors_and_clean_up() -> Result<()> {
     }
     let gone = api.call("GET", "/api/v1/vms/web1", None).await?;
     assert_eq!(gone.status, 404);
+    // With no VM left, the image goes.
+    let del = api.call("DELETE", "/api/v1/images/tiny", None).await?;
+    assert_eq!(del.status, 204, "{}", del.body);
     Ok(())
 }

@@ -194,6 +194,18 @@ impl DevCluster {
         guest_counters(&log)
     }
 
+    /// Builds the test guest and imports its disk as image `name` through the CLI (upload,
+    /// `--wait` until ready).
+    pub fn import_guest_image(&self, name: &str) -> Result<()> {
+        let disk = self.guest_disk()?;
+        let disk = disk.to_string_lossy().to_string();
+        ok(
+            self.cli(&["image", "import", &disk, "--name", name, "--wait"])?,
+            &format!("keel image import {name}"),
+        )?;
+        Ok(())
+    }
+
     /// The API URL of node `name`.
     pub fn api_of(&self, name: &str) -> Result<String> {
         self.info

@@ -23,7 +23,7 @@ use keel_model::{find_condition, set_condition, Condition, ConditionStatus, Vm, 
 use keel_virt::{GuestAddress, Hypervisor, HypervisorError};
 use tracing::{debug, info, warn};
 
-use crate::compute::{update, vm_of, VMS};
+use crate::compute::update;
 use crate::member::Member;
 
 /// How often every running VM is sampled.
@@ -154,12 +154,8 @@ impl AgentSampler {
 /// One round: every running VM of this node (`full`), or only those not settled yet.
 async fn round(m: &Member, hv: &Arc<dyn Hypervisor>, full: bool) {
     let me = m.identity.name.clone();
-    let mine: Vec<Vm> = match m.list(VMS) {
-        Ok(recs) => recs
-            .iter()
-            .filter_map(|r| vm_of(r).ok())
-            .filter(|v| v.status.node.as_deref() == Some(me.as_str()))
-            .collect(),
+    let mine = match crate::compute::vms_on(m, &me) {
+        Ok(vms) => vms,
         Err(e) => {
             debug!(error = %e, "listing VMs for the agent sampler failed");
             return;

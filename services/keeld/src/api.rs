@@ -605,11 +605,23 @@ async fn get_image(name: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
     ok(&images::image_of(&image_rec(&m, &name)?)?)
 }
 
-/// Deletes an image.
+/// Deletes an image (refused with 409 `in_use` while a VM boots from it or attaches it, or a
+/// volume is backed by it).
 #[utoipa::path(delete, path = "/api/v1/images/{name}", security(("bearer" = [])), params(("name" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_image(name: String, ctx: Ctx, authz: Option<String>) -> ApiResult {
     let (m, _) = authenticate(&ctx, authz).await?;
+    m.linearizable().await?;
+    let users = images::users(&m, &name)?;
+    if !users.is_empty() {
+        return Err(ApiError::Conflict {
+            code: "in_use",
+            message: format!(
+                "image {name} is in use by {}: delete those (or, for VMs, their disks) first",
+                users.join(", ")
+            ),
+        });
+    }
     m.write_ok(Request::Delete {
         kind: images::KIND.into(),
         name: name.clone(),

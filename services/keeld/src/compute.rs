@@ -251,6 +251,15 @@ async fn schedule_round(m: &Member) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The VMs bound to node `node`.
+pub fn vms_on(m: &Member, node: &str) -> Result<Vec<Vm>, ApiError> {
+    Ok(m.list(VMS)?
+        .iter()
+        .filter_map(|r| vm_of(r).ok())
+        .filter(|v| v.status.node.as_deref() == Some(node))
+        .collect())
+}
+
 /// Node: converges this node's libvirt to the VMs bound to it.
 pub async fn node_loop(m: Arc<Member>, host: Arc<Host>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -276,13 +285,8 @@ pub async fn node_loop(m: Arc<Member>, host: Arc<Host>, mut shutdown: watch::Rec
                 continue;
             }
         }
-        let me = m.identity.name.clone();
-        let vms: Vec<Vm> = match m.list(VMS) {
-            Ok(recs) => recs
-                .iter()
-                .filter_map(|r| vm_of(r).ok())
-                .filter(|v| v.status.node.as_deref() == Some(me.as_str()))
-                .collect(),
+        let vms = match vms_on(&m, &m.identity.name) {
+            Ok(vms) => vms,
             Err(e) => {
                 debug!(error = %e, "listing VMs failed");
                 continue;

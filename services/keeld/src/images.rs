@@ -55,6 +55,38 @@ pub fn image_of(rec: &Record) -> Result<Image, ApiError> {
     Ok(image)
 }
 
+/// What uses image `name`: VMs booting from it or attaching it as their ISO, and volumes
+/// whose qcow2 is backed by it (deleting the image would break them).
+pub fn users(m: &Member, name: &str) -> Result<Vec<String>, ApiError> {
+    let mut users = Vec::new();
+    for rec in m.list(crate::compute::VMS)? {
+        let Ok(vm) = crate::compute::vm_of(&rec) else {
+            continue;
+        };
+        let boots = vm.spec.disks.iter().any(|d| {
+            matches!(&d.source, keel_model::DiskSource::Image { image, .. } if image.as_str() == name)
+        });
+        if boots || vm.spec.iso.as_ref().is_some_and(|i| i.as_str() == name) {
+            users.push(format!("VM {}", vm.metadata.name));
+        }
+    }
+    for rec in m.list(crate::storage::VOLUMES)? {
+        let Ok(v) = crate::storage::volume_of(&rec) else {
+            continue;
+        };
+        if v.spec
+            .backing_image
+            .as_ref()
+            .is_some_and(|i| i.as_str() == name)
+        {
+            users.push(format!("volume {}", v.metadata.name));
+        }
+    }
+    users.sort();
+    users.dedup();
+    Ok(users)
+}
+
 /// Creates an image record.
 pub async fn create(m: &Member, body: ImageCreate) -> Result<Image, ApiError> {
     body.validate()?;

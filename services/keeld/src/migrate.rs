@@ -704,6 +704,11 @@ async fn node_round(
             None => false,
         };
         if !keep {
+            if let Some(vm) = m.get(VMS, &vm_name)?.and_then(|r| vm_of(&r).ok()) {
+                if let Err(e) = crate::cloudinit::remove_files(host, &vm.metadata.uid) {
+                    warn!(vm = %vm_name, error = %e, "could not remove a seed or NVRAM prepared for a migration that did not happen");
+                }
+            }
             for p in &prepared {
                 match std::fs::remove_file(p) {
                     Ok(()) => {
@@ -798,6 +803,7 @@ async fn source_round(
             let h = hv.clone();
             let n = vm_name.clone();
             let start_paused = domain_here == Some(DomainState::Shutoff);
+            options.paused = start_paused;
             let handle = tokio::task::spawn_blocking(move || {
                 if start_paused {
                     // A stopped VM moves started paused: its vCPUs never run.
@@ -919,6 +925,10 @@ async fn prepare(m: &Member, host: &Host, task: &Task, vm: &Vm) -> Result<(), St
         };
         create_overlay(&path, backing, size).await?;
     }
+    // The ISO and the cloud-init seed are read-only CD-ROMs libvirt does not copy: the
+    // destination makes its own (same paths under its pool); UEFI NVRAM starts from the
+    // template there.
+    crate::cloudinit::prepare(m, host, vm).await?;
     let pool = pool_root(host).to_string_lossy().to_string();
     let task_name = task.metadata.name.clone();
     compute::update(m, &name, |v| {
@@ -981,6 +991,10 @@ async fn complete(m: &Member, host: &Host, task: &Task) -> Result<(), ApiError> 
         if vm.status.node.as_deref() == Some(me.as_str()) {
             for d in &vm.spec.disks {
                 let _ = std::fs::remove_file(disk_path(host, &vm_name, d.name.as_str()));
+            }
+            // The seed and NVRAM went with the VM too (crate::cloudinit).
+            if let Err(e) = crate::cloudinit::remove_files(host, &vm.metadata.uid) {
+                warn!(vm = %vm_name, error = %e, "removing the moved VM's seed and NVRAM here failed");
             }
         }
     }

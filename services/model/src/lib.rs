@@ -80,6 +80,9 @@ pub use snapshot::{
     snapshot_key, Snapshot, SnapshotCreate, SnapshotPhase, SnapshotSpec, SnapshotStatus, VmClone,
 };
 pub use task::{ObjectRef, Percent, ResourceKind, Task, TaskKind, TaskPhase, TaskSpec, TaskStatus};
+pub use upgrade::{
+    NodeUpgrade, NodeUpgradePhase, Upgrade, UpgradePhase, UpgradeSpec, UpgradeStatus,
+};
 pub use vm::{
     derived_mac, owned_volume_name, BootDevice, CloudInit, CpuModel, DiskSource, HaPolicy, HaSpec,
     PowerState, Vm, VmActions, VmCreate, VmDisk, VmHotplug, VmMigration, VmNic, VmPhase,
@@ -87,9 +90,6 @@ pub use vm::{
 };
 pub use vm_group::{
     GroupPolicy, GroupStrength, VmGroup, VmGroupCreate, VmGroupSpec, VmGroupStatus, VmGroupUpdate,
-};
-pub use upgrade::{
-    NodeUpgrade, NodeUpgradePhase, Upgrade, UpgradePhase, UpgradeSpec, UpgradeStatus,
 };
 pub use vm_update::{VmPlacementUpdate, VmRename, VmUpdate};
 pub use volume::{

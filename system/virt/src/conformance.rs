@@ -119,7 +119,10 @@ pub fn run_all<H: Hypervisor>(
             "failed_migration_keeps_running",
             failed_migration_keeps_running,
         ),
-        ("hotplug_grows_a_running_domain", hotplug_grows_a_running_domain),
+        (
+            "hotplug_grows_a_running_domain",
+            hotplug_grows_a_running_domain,
+        ),
     ];
     let mut passed = Vec::new();
     for (name, check) in checks {
@@ -485,13 +488,20 @@ fn hotplug_grows_a_running_domain(
     };
     let result = (|| {
         expect_ok(C, "define", hv.define(&spec))?;
-        expect_invalid_state(C, "set vCPUs while shut off", hv.set_vcpus(n, 2), DomainState::Shutoff)?;
+        expect_invalid_state(
+            C,
+            "set vCPUs while shut off",
+            hv.set_vcpus(n, 2),
+            DomainState::Shutoff,
+        )?;
         expect_ok(C, "start", hv.start(n))?;
         wait_state(C, hv, n, DomainState::Running, fixture.boot_timeout)?;
         let l = expect_ok(C, "live", hv.live(n))?;
-        ensure(C, (l.vcpus, l.max_vcpus, l.memory_mib, l.max_memory_mib) == (1, 2, 128, 256), || {
-            format!("1 of 2 vCPUs and 128 of 256 MiB, got {l:?}")
-        })?;
+        ensure(
+            C,
+            (l.vcpus, l.max_vcpus, l.memory_mib, l.max_memory_mib) == (1, 2, 128, 256),
+            || format!("1 of 2 vCPUs and 128 of 256 MiB, got {l:?}"),
+        )?;
         expect_ok(C, "plug a vCPU", hv.set_vcpus(n, 2))?;
         expect_ok(C, "grow memory", hv.grow_memory(n, 192))?;
         let refused = |what: &str, r: Result<(), HypervisorError>| match r {
@@ -512,14 +522,18 @@ fn hotplug_grows_a_running_domain(
         });
         expect_ok(C, "redefine", hv.define(&bigger))?;
         let l = expect_ok(C, "live", hv.live(n))?;
-        ensure(C, (l.vcpus, l.max_vcpus, l.memory_mib, l.max_memory_mib) == (2, 2, 192, 256), || {
-            format!("2 of 2 vCPUs and 192 of 256 MiB live, got {l:?}")
-        })?;
+        ensure(
+            C,
+            (l.vcpus, l.max_vcpus, l.memory_mib, l.max_memory_mib) == (2, 2, 192, 256),
+            || format!("2 of 2 vCPUs and 192 of 256 MiB live, got {l:?}"),
+        )?;
         let target = expect_ok(C, "attach a disk", hv.attach_disk(n, &disk))?;
         let l = expect_ok(C, "live", hv.live(n))?;
-        ensure(C, l.disks.iter().any(|d| d.path == file && d.target == target), || {
-            format!("disk {} at {target}, got {:?}", file.display(), l.disks)
-        })?;
+        ensure(
+            C,
+            l.disks.iter().any(|d| d.path == file && d.target == target),
+            || format!("disk {} at {target}, got {:?}", file.display(), l.disks),
+        )?;
         expect_ok(C, "detach the disk", hv.detach_disk(n, &file))?;
         // The guest releases the disk (ACPI eject); a request made before its ACPI driver is
         // up is lost, so ask again until it is gone, as keeld's reconciler does.

@@ -370,7 +370,7 @@ impl Hypervisor for FakeHypervisor {
             })?;
         // One host locked at a time: never both, so peers migrating to each other cannot
         // deadlock. The domain is out of both maps only between the two locks.
-        let dom = lock(&self.host)
+        let mut dom = lock(&self.host)
             .domains
             .remove(name)
             .ok_or_else(|| HypervisorError::NotFound { name: name.into() })?;
@@ -384,6 +384,9 @@ impl Hypervisor for FakeHypervisor {
             drop(dest_host);
             lock(&self.host).domains.insert(name.into(), dom);
             return Err(err);
+        }
+        if options.paused {
+            dom.state = DomainState::Paused;
         }
         dest_host.domains.insert(name.into(), dom);
         Ok(())
@@ -491,9 +494,11 @@ impl Hypervisor for FakeHypervisor {
     }
 
     fn live(&self, name: &str) -> Result<crate::LiveDomain, HypervisorError> {
-        self.with_domain(name, Op::Inspect, &ALL, |d| match (&d.live, d.state.is_active()) {
-            (Some(l), true) => l.clone(),
-            _ => live_of_spec(&d.spec),
+        self.with_domain(name, Op::Inspect, &ALL, |d| {
+            match (&d.live, d.state.is_active()) {
+                (Some(l), true) => l.clone(),
+                _ => live_of_spec(&d.spec),
+            }
         })
     }
 
@@ -574,7 +579,6 @@ impl Hypervisor for FakeHypervisor {
             Ok(())
         })
     }
-
 }
 
 const ALL: [DomainState; 7] = [

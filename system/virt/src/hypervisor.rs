@@ -279,6 +279,9 @@ pub struct MigrateOptions {
     /// Cap on the migration's bandwidth in MiB/s (memory and copied disks); none: as fast
     /// as the network allows.
     pub bandwidth_mib: Option<u64>,
+    /// Leave the domain paused on the destination (a stopped VM moved offline: its vCPUs
+    /// never run).
+    pub paused: bool,
 }
 
 impl MigrateOptions {
@@ -291,6 +294,7 @@ impl MigrateOptions {
             max_downtime: None,
             path_map: Vec::new(),
             bandwidth_mib: None,
+            paused: false,
         }
     }
 }

@@ -138,7 +138,9 @@ const HOTPLUG: &[DomainState] = &[DomainState::Running, DomainState::Paused];
 
 impl Libvirt {
     fn live_of(&self, dom: &Domain, name: &str, op: Op) -> Result<LiveDomain, HypervisorError> {
-        let xml = dom.get_xml_desc(0).map_err(|e| self.classify(op, name, e))?;
+        let xml = dom
+            .get_xml_desc(0)
+            .map_err(|e| self.classify(op, name, e))?;
         LiveDomain::from_xml(&xml).map_err(|e| HypervisorError::Refused {
             name: name.into(),
             op,
@@ -301,6 +303,10 @@ impl Drop for Libvirt {
         }
     }
 }
+
+/// libvirt's largest migration speed (`QEMU_DOMAIN_MIG_BANDWIDTH_MAX`, INT64_MAX bytes/s in
+/// MiB/s), which it treats as no limit.
+const MIGRATION_SPEED_UNLIMITED_MIB: u64 = (i64::MAX as u64) / (1024 * 1024);
 
 impl Hypervisor for Libvirt {
     fn capabilities(&self) -> Result<Capabilities, HypervisorError> {
@@ -493,6 +499,14 @@ impl Hypervisor for Libvirt {
             dom.migrate_set_max_downtime(ms, 0)
                 .map_err(|e| self.classify(Op::Migrate, name, e))?;
         }
+        // The bandwidth parameter caps only the memory stream; the disk copy (NBD mirror) runs
+        // at the domain's max migration speed, so that is set too (and reset to libvirt's
+        // "unlimited" without a cap, since it stays with the domain).
+        let speed = options
+            .bandwidth_mib
+            .unwrap_or(MIGRATION_SPEED_UNLIMITED_MIB);
+        dom.migrate_set_max_speed(speed, 0)
+            .map_err(|e| self.classify(Op::Migrate, name, e))?;
         // Peer to peer: this host's libvirt daemon drives the whole migration, so it completes
         // (or rolls back) even if Keel's connection drops halfway.
         let mut flags = sys::VIR_MIGRATE_LIVE
@@ -501,6 +515,9 @@ impl Hypervisor for Libvirt {
             | sys::VIR_MIGRATE_UNDEFINE_SOURCE;
         if options.copy_storage {
             flags |= sys::VIR_MIGRATE_NON_SHARED_DISK;
+        }
+        if options.paused {
+            flags |= sys::VIR_MIGRATE_PAUSED;
         }
         let mut params = MigrateParameters {
             uri: options.migrate_uri.clone(),
@@ -679,13 +696,21 @@ impl Hypervisor for Libvirt {
             return Err(HypervisorError::Refused {
                 name: name.into(),
                 op: Op::Resize,
-                reason: format!("{vcpus} vCPUs is outside 1..={} (its maximum until restarted)", live.max_vcpus),
+                reason: format!(
+                    "{vcpus} vCPUs is outside 1..={} (its maximum until restarted)",
+                    live.max_vcpus
+                ),
             });
         }
         if vcpus != live.vcpus {
             dom.set_vcpus_flags(vcpus, sys::VIR_DOMAIN_AFFECT_LIVE)
                 .map_err(|e| self.classify(Op::Resize, name, e))?;
-            tracing::info!(domain = name, from = live.vcpus, to = vcpus, "vCPUs changed live");
+            tracing::info!(
+                domain = name,
+                from = live.vcpus,
+                to = vcpus,
+                "vCPUs changed live"
+            );
         }
         Ok(())
     }
@@ -712,7 +737,12 @@ impl Hypervisor for Libvirt {
             })?;
             dom.attach_device_flags(&xml, sys::VIR_DOMAIN_AFFECT_LIVE)
                 .map_err(|e| self.classify(Op::Resize, name, e))?;
-            tracing::info!(domain = name, from = live.memory_mib, to = memory_mib, "memory grown live");
+            tracing::info!(
+                domain = name,
+                from = live.memory_mib,
+                to = memory_mib,
+                "memory grown live"
+            );
         }
         Ok(())
     }
@@ -749,12 +779,11 @@ impl Hypervisor for Libvirt {
             format: crate::DiskFormat::Qcow2,
             iotune: None,
         };
-        let xml = crate::xml::disk_xml(&disk, &d.target).map_err(|source| {
-            HypervisorError::Spec {
+        let xml =
+            crate::xml::disk_xml(&disk, &d.target).map_err(|source| HypervisorError::Spec {
                 name: name.into(),
                 source,
-            }
-        })?;
+            })?;
         dom.detach_device_flags(&xml, sys::VIR_DOMAIN_AFFECT_LIVE)
             .map_err(|e| self.classify(Op::DetachDevice, name, e))?;
         tracing::info!(domain = name, disk = %path.display(), "disk detach requested");
@@ -806,5 +835,4 @@ impl Hypervisor for Libvirt {
         tracing::info!(domain = name, mac = %mac, "NIC detach requested");
         Ok(())
     }
-
 }

@@ -185,9 +185,18 @@ fn hotplug_headroom_renders_and_is_checked() {
         max_memory_mib: 1024,
     });
     let xml = s.to_xml().unwrap();
-    assert!(xml.contains(r#"<maxMemory slots="16" unit="MiB">1024</maxMemory>"#), "{xml}");
-    assert!(xml.contains(r#"<vcpu placement="static" current="2">4</vcpu>"#), "{xml}");
-    assert!(xml.contains(r#"<cell id="0" cpus="0-3" memory="256" unit="MiB"/>"#), "{xml}");
+    assert!(
+        xml.contains(r#"<maxMemory slots="16" unit="MiB">1024</maxMemory>"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<vcpu placement="static" current="2">4</vcpu>"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<cell id="0" cpus="0-3" memory="256" unit="MiB"/>"#),
+        "{xml}"
+    );
     s.hotplug = Some(Hotplug {
         max_vcpus: 1,
         max_memory_mib: 1024,
