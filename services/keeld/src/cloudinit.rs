@@ -539,9 +539,24 @@ pub fn remove_files(host: &Host, uid: &str) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------
 
 /// What happens to a VM bound to a node whose host just booted (pure): `true` when it is to
-/// be left off (it should run, its domain does not, and autostart is off).
-pub fn stays_off_after_boot(spec: &VmSpec, domain_active: bool) -> bool {
-    !spec.autostart && spec.power_state != PowerState::Stopped && !spec.template && !domain_active
+/// be left off (it should run, it was running here before the host went down, its domain
+/// does not run now, and autostart is off). A VM that never ran yet (created while this
+/// node's keeld was starting: phase pending or scheduling) is not "left" by a restart.
+pub fn stays_off_after_boot(
+    spec: &VmSpec,
+    phase: keel_model::VmPhase,
+    domain_active: bool,
+) -> bool {
+    use keel_model::VmPhase;
+    let was_running = matches!(
+        phase,
+        VmPhase::Starting | VmPhase::Running | VmPhase::Stopping
+    );
+    !spec.autostart
+        && spec.power_state != PowerState::Stopped
+        && !spec.template
+        && was_running
+        && !domain_active
 }
 
 /// Once per host boot, before this node's reconciler first acts: VMs bound here that should
@@ -579,12 +594,12 @@ pub async fn boot_policy(m: &Member, hv: &Arc<dyn Hypervisor>) -> Result<bool, S
         })
         .await
         .map_err(|e| e.to_string())?;
-        if !stays_off_after_boot(&vm.spec, active) {
+        if !stays_off_after_boot(&vm.spec, vm.status.phase, active) {
             continue;
         }
         let now = crate::now_rfc3339();
         crate::compute::update(m, &name, |v| {
-            if !stays_off_after_boot(&v.spec, false) {
+            if !stays_off_after_boot(&v.spec, v.status.phase, false) {
                 return;
             }
             v.spec.power_state = PowerState::Stopped;
@@ -686,18 +701,27 @@ mod tests {
 
     #[test]
     fn only_autostart_off_vms_that_should_run_stay_off() {
+        use keel_model::VmPhase::{Running, Scheduling, Starting};
         let mut spec = VmSpec::new(1, keel_model::Bytes::from_mib(128));
-        assert!(!stays_off_after_boot(&spec, false), "autostart defaults on");
-        spec.autostart = false;
-        assert!(stays_off_after_boot(&spec, false));
         assert!(
-            !stays_off_after_boot(&spec, true),
+            !stays_off_after_boot(&spec, Running, false),
+            "autostart defaults on"
+        );
+        spec.autostart = false;
+        assert!(stays_off_after_boot(&spec, Running, false));
+        assert!(stays_off_after_boot(&spec, Starting, false));
+        assert!(
+            !stays_off_after_boot(&spec, Scheduling, false),
+            "a VM that never ran is not left off by a restart"
+        );
+        assert!(
+            !stays_off_after_boot(&spec, Running, true),
             "a running guest is never touched"
         );
         spec.power_state = PowerState::Stopped;
-        assert!(!stays_off_after_boot(&spec, false));
+        assert!(!stays_off_after_boot(&spec, Running, false));
         spec.power_state = PowerState::Paused;
-        assert!(stays_off_after_boot(&spec, false));
+        assert!(stays_off_after_boot(&spec, Running, false));
     }
 
     #[tokio::test]
