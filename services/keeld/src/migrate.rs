@@ -140,6 +140,24 @@ fn cluster(m: &Member) -> Result<Cluster, ApiError> {
 /// VM's own node, or cannot take the VM (cordoned, in maintenance, not ready, full, against
 /// a hard rule), 409 for a VM that cannot move now.
 pub async fn request(m: &Member, name: &str, to: Option<&Name>) -> Result<Task, ApiError> {
+    // The VM's node and samplers write its status all the time: a compare-and-set that lost
+    // to one of them is decided again from the new record, never bounced to the user.
+    let mut tries = 0;
+    loop {
+        match request_once(m, name, to).await {
+            Err(ApiError::Conflict {
+                code: "version_conflict",
+                ..
+            }) if tries < 8 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn request_once(m: &Member, name: &str, to: Option<&Name>) -> Result<Task, ApiError> {
     m.linearizable().await?;
     let rec = m
         .get(VMS, name)?
