@@ -56,9 +56,7 @@ fn agent_command(dev: &DevCluster, node: &str, cmd: &Value) -> Result<Value> {
 async fn guest_agent_reports_addresses_freezes_snapshots_and_stops_the_guest() -> Result<()> {
     let dev = DevCluster::up("agent", 1, "10.77.13.0/24", 18455)?;
     let api = dev.client(&dev.info.endpoint).await?;
-    let disk = dev.guest_disk()?.to_string_lossy().to_string();
-    let out = dev.cli(&["image", "import", &disk, "--name", "tiny", "--wait"])?;
-    anyhow::ensure!(out.status.success(), "{out:?}");
+    dev.import_guest_image("tiny")?;
     let out = dev.cli(&[
         "vm",
         "create",

@@ -54,9 +54,7 @@ fn qemu_pids(vm: &str) -> Vec<i32> {
 async fn lifecycle_reboot_pause_restart_unmanaged_lost() -> Result<()> {
     let dev = DevCluster::up("lifecycle", 1, "10.77.8.0/24", 18450)?;
     let api = dev.client(&dev.info.endpoint).await?;
-    let disk = dev.guest_disk()?.to_string_lossy().to_string();
-    let out = dev.cli(&["image", "import", &disk, "--name", "tiny", "--wait"])?;
-    anyhow::ensure!(out.status.success(), "{out:?}");
+    dev.import_guest_image("tiny")?;
     let out = dev.cli(&[
         "vm", "create", VM, "--image", "tiny", "--cpus", "1", "--memory", "128MiB", "--wait",
     ])?;

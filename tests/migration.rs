@@ -51,9 +51,7 @@ async fn live_migration_cancel_and_maintenance() -> Result<()> {
     // The dev cluster's libvirt daemons talk plain TCP on the private node network.
     let s = api.put_setting("migration.transport", json!("tcp")).await?;
     assert_eq!(s.status, 200, "{}", s.body);
-    let disk = dev.guest_disk()?.to_string_lossy().to_string();
-    let out = dev.cli(&["image", "import", &disk, "--name", "tiny", "--wait"])?;
-    anyhow::ensure!(out.status.success(), "{out:?}");
+    dev.import_guest_image("tiny")?;
     let out = dev.cli(&[
         "vm",
         "create",

@@ -126,11 +126,7 @@ async fn restart_node(dev: &DevCluster, host_reboot: bool, vms: &[&str]) -> Resu
 async fn vm_boot_config_uefi_iso_cloud_init_autostart() -> Result<()> {
     let dev = DevCluster::up("vmconfig", 1, "10.77.11.0/24", 18453)?;
     let api = dev.client(&dev.info.endpoint).await?;
-    let disk = dev.guest_disk()?.to_string_lossy().to_string();
-    ok(
-        dev.cli(&["image", "import", &disk, "--name", "tiny", "--wait"])?,
-        "image import tiny",
-    )?;
+    dev.import_guest_image("tiny")?;
     // An ISO image: a small ISO 9660 file system.
     let iso_dir = dev.state.join("tools");
     std::fs::create_dir_all(&iso_dir)?;
