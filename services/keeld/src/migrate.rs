@@ -532,8 +532,14 @@ fn pool_root(host: &Host) -> std::path::PathBuf {
 struct InFlight {
     handle: tokio::task::JoinHandle<Result<(), String>>,
     started: Instant,
+    /// libvirt accepted the abort of this transfer.
     aborted: bool,
+    /// When an abort was last asked for.
+    last_abort: Option<Instant>,
 }
+
+/// How soon an abort libvirt refused (no job yet) is asked for again.
+const ABORT_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct NodeState {
@@ -835,6 +841,7 @@ async fn source_round(
                     handle,
                     started: Instant::now(),
                     aborted: false,
+                    last_abort: None,
                 },
             );
         }
@@ -874,16 +881,23 @@ async fn source_round(
             }
         }
         SourceAction::Abort => {
-            let first = lock(state)
-                .transfers
-                .get_mut(&name)
-                .map(|f| !std::mem::replace(&mut f.aborted, true))
-                .unwrap_or(false);
-            if first {
+            // Asked until libvirt takes it: right after the transfer step is written the
+            // migration job may not exist yet, and an abort then fails with "no job".
+            let due = lock(state).transfers.get_mut(&name).is_some_and(|f| {
+                !f.aborted && f.last_abort.is_none_or(|t| t.elapsed() >= ABORT_RETRY)
+            });
+            if due {
                 let h = hv.clone();
                 let n = vm_name.clone();
-                let r = tokio::task::spawn_blocking(move || h.abort_job(&n)).await;
-                info!(result = ?r.as_ref().map(|r| r.as_ref().map_err(|e| e.to_string())), "live migration abort requested");
+                let r = tokio::task::spawn_blocking(move || h.abort_job(&n))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                info!(result = ?r, "live migration abort requested");
+                if let Some(f) = lock(state).transfers.get_mut(&name) {
+                    f.last_abort = Some(Instant::now());
+                    f.aborted = r.is_ok();
+                }
             }
         }
         SourceAction::Complete => complete(m, host, task).await?,
