@@ -3,7 +3,9 @@
 # target/image/keel.qcow2 on one L2 segment (a bridge with taps in the network namespace
 # keel-e2e, 10.77.20.0/24, multicast flooded), each with a KEEL-SEED config disk holding its
 # answer file. Checks, through the HTTPS API from the host side of the bridge (10.77.20.1):
-# the cluster forms by itself with all three nodes ready; a reset node reboots and rejoins.
+# the cluster forms by itself with all three nodes ready; a reset node reboots and rejoins;
+# `keel upgrade apply` takes every node to a second build of the image, and a broken bundle
+# on node3 rolls back by itself (tests/e2e/upgrade.sh).
 # Logs: target/e2e/ (console-N.log: serial console; journal-N.log: the guest's journal).
 set -euo pipefail
 
@@ -237,6 +239,13 @@ fi
 	echo "node1 boot report (systemd-analyze, first boot):"
 	boot_report 1
 } | tee "$work/timings.txt" >&2
+
+# ---- upgrade to a second build; a broken bundle rolls back by itself ------------------------
+# tests/e2e/upgrade.sh (sourced: it uses the helpers above). KEEL_E2E_SKIP_UPGRADE=1 skips it.
+if [ -z "${KEEL_E2E_SKIP_UPGRADE:-}" ]; then
+	# shellcheck source=tests/e2e/upgrade.sh
+	. "$repo/tests/e2e/upgrade.sh"
+fi
 
 # ---- A/B fallback of the boot loader (one VM, after the cluster is stopped) -----------------
 # A new slot that never comes up: systemd-boot tries it once, then boots slot A by itself.
