@@ -436,6 +436,11 @@ async fn list_settings(ctx: Ctx, authz: Option<String>) -> ApiResult {
     ok(&List { items })
 }
 
+/// Per-key checks of a setting's value before a PUT stores it (400 with the field, nothing
+/// written). A module that reads settings adds its check here; keys it does not own pass.
+const SETTING_CHECKS: &[fn(&str, &serde_json::Value) -> Result<(), ValidationError>] =
+    &[crate::hostconf::validate_setting];
+
 fn key_of(raw: &str) -> Result<SettingKey, ApiError> {
     SettingKey::new(raw).map_err(|e| ApiError::Invalid(ValidationError::new("key", e.message)))
 }
@@ -469,6 +474,9 @@ async fn put_setting(
     let key = key_of(&raw)?;
     let req: SettingValue = parse(&body)?;
     req.validate()?;
+    for check in SETTING_CHECKS {
+        check(key.as_str(), &req.value)?;
+    }
     let header_version = match if_match {
         Some(v) => Some(v.trim_matches('"').parse::<u64>().map_err(|_| {
             ApiError::bad(

@@ -71,6 +71,51 @@ pub struct Args {
     /// machines, e.g. TCG test VMs); 1 is the LAN default.
     #[arg(long, env = "KEEL_RAFT_TIMING_SCALE", default_value_t = 1)]
     pub raft_timing_scale: u32,
+    /// Root under which keeld writes the host files it generates from settings
+    /// (`etc/chrony/sources.d/keel.sources`, `etc/resolv.conf`, `etc/localtime`, … see
+    /// hostconf.rs). Default: `/` with --seed (the appliance); otherwise keeld leaves the
+    /// host's files alone.
+    #[arg(long, env = "KEEL_ETC_ROOT")]
+    pub etc_root: Option<PathBuf>,
+    /// What follows a changed host file: `system` (chronyc reload sources, sethostname; the
+    /// default when the root is `/`) or `none` (files only; the default elsewhere).
+    #[arg(long, env = "KEEL_HOST_ACTIONS", value_enum)]
+    pub host_actions: Option<HostActionsKind>,
+}
+
+/// `--host-actions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostActionsKind {
+    /// Reload chrony, set the kernel's host name.
+    System,
+    /// Nothing (a dev cluster's nodes share this machine).
+    None,
+}
+
+impl Args {
+    /// The host configuration reconciler these arguments ask for, if any.
+    pub fn host_conf(&self, answer: Option<&AnswerFile>) -> Option<crate::hostconf::HostConf> {
+        let root = match (&self.etc_root, self.seed) {
+            (Some(root), _) => root.clone(),
+            (None, true) => PathBuf::from("/"),
+            (None, false) => return None,
+        };
+        let kind = self
+            .host_actions
+            .unwrap_or(if root == std::path::Path::new("/") {
+                HostActionsKind::System
+            } else {
+                HostActionsKind::None
+            });
+        let actions: Arc<dyn crate::hostconf::HostActions> = match kind {
+            HostActionsKind::System => Arc::new(crate::hostconf::SystemActions),
+            HostActionsKind::None => Arc::new(crate::hostconf::NoActions),
+        };
+        let dns = answer
+            .map(|a| a.network.management.dns.clone())
+            .unwrap_or_default();
+        Some(crate::hostconf::HostConf::new(root, actions, dns))
+    }
 }
 
 /// What `GET /api/v1/health` reports.
@@ -430,6 +475,7 @@ async fn become_member(
             member: true,
         }));
     }
+    let host_conf = args.host_conf(answer.as_ref());
     if identity.founder {
         tokio::spawn(bootstrap::run(member.clone(), ids.tls_dir(), answer, me));
     }
@@ -466,6 +512,13 @@ async fn become_member(
         host.clone(),
         daemon.shutdown.clone(),
     ));
+    if let Some(hc) = host_conf {
+        tokio::spawn(crate::hostconf::run(
+            member.clone(),
+            Arc::new(hc),
+            daemon.shutdown.clone(),
+        ));
+    }
     drop(discovery);
     info!(node = %identity.name, id = identity.id, "member");
     Ok(())

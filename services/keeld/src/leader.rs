@@ -187,6 +187,7 @@ async fn liveness(member: &Member, leading_since: Instant) -> anyhow::Result<()>
                 // Written by keeld's own loops, not part of the inventory.
                 maintenance: keep.maintenance,
                 unmanaged_domains: keep.unmanaged_domains,
+                host_config: keep.host_config,
                 ..inv.clone()
             };
             changed = true;

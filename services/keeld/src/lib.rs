@@ -25,6 +25,7 @@ pub mod discovery;
 pub mod error;
 pub mod formation;
 pub mod host;
+pub mod hostconf;
 pub mod hotplug;
 pub mod identity;
 pub mod images;

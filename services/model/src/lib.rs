@@ -42,8 +42,8 @@ pub use event::{WatchEvent, WatchOp};
 pub use meta::Metadata;
 pub use name::Name;
 pub use node::{
-    Accel, CpuInfo, DiskInfo, HypervisorStatus, KvmState, MaintenancePhase, MaintenanceStatus,
-    MemoryInfo, NicInfo, Node, NodeSpec, NodeStatus, Versions,
+    Accel, CpuInfo, DiskInfo, HostConfigItem, HostConfigStatus, HypervisorStatus, KvmState,
+    MaintenancePhase, MaintenanceStatus, MemoryInfo, NicInfo, Node, NodeSpec, NodeStatus, Versions,
 };
 pub use setting::{Setting, SettingKey, SettingValue};
 

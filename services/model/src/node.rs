@@ -77,6 +77,37 @@ pub struct NodeStatus {
     /// How guests run on this node (absent until its hypervisor answered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypervisor: Option<HypervisorStatus>,
+    /// The host configuration the node generated from the settings (its `/etc` files) and
+    /// whether each part is applied (absent where keeld does not manage the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_config: Option<HostConfigStatus>,
+}
+
+/// The `/etc` files a node generates from the cluster's settings (keeld's `hostconf`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostConfigStatus {
+    /// Every managed part, in a fixed order.
+    #[serde(default)]
+    pub items: Vec<HostConfigItem>,
+}
+
+/// One managed part of a node's host configuration, e.g. its NTP servers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostConfigItem {
+    /// What it is: `ntp`, `dns`, `timezone`, `hostname` or `hosts`.
+    pub name: String,
+    /// The file on the node, e.g. `/etc/chrony/sources.d/keel.sources`.
+    pub path: String,
+    /// The setting the value came from (the node's own `KEY.<node>` first), or `default`.
+    pub source: String,
+    /// The value in effect, e.g. `ntp1.example.com 10.0.0.1`.
+    #[serde(default)]
+    pub value: String,
+    /// Whether the file holds the value and the host took it.
+    pub applied: bool,
+    /// Why it is not applied (the file or host action that failed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// How guests run on a node: hardware-assisted (KVM) or emulated (TCG), and why.
