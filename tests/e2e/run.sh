@@ -249,7 +249,11 @@ fi
 
 # ---- A/B fallback of the boot loader (one VM, after the cluster is stopped) -----------------
 # A new slot that never comes up: systemd-boot tries it once, then boots slot A by itself.
-if [ -z "${KEEL_E2E_SKIP_FALLBACK:-}" ]; then
+# Left out when the broken upgrade of node3 above already showed that fallback (node3
+# rolled back by itself); KEEL_E2E_FALLBACK=1 runs it anyway.
+if [ -n "${upgrade_rollback_proved:-}" ] && [ -z "${KEEL_E2E_FALLBACK:-}" ]; then
+	log "boot-fallback.sh left out: node3's broken upgrade fell back to its old slot by itself"
+elif [ -z "${KEEL_E2E_SKIP_FALLBACK:-}" ]; then
 	[ -n "${KEEL_E2E_KEEP:-}" ] || stop_all
 	fb_start=$(date +%s)
 	if KEEL_E2E_FALLBACK_DIR="$work/boot-fallback" "$repo/tests/e2e/boot-fallback.sh" "${KEEL_E2E_RAW:-$repo/target/image/keel.raw}" >"$work/boot-fallback.log" 2>&1; then
