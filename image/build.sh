@@ -138,7 +138,7 @@ if [ ! -f "$base/.complete" ]; then
 	EOF
 	printf '#!/bin/sh\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d" && chmod +x "$tmp/usr/sbin/policy-rc.d"
 	mkdir -p "$tmp/etc/initramfs-tools/conf.d" "$tmp/etc/initramfs-tools/hooks" "$tmp/etc/initramfs-tools/scripts/init-bottom"
-	printf 'COMPRESS=zstd\nMODULES=most\n' >"$tmp/etc/initramfs-tools/conf.d/keel.conf"
+	install -m 0644 "$here/initramfs/keel.conf" "$tmp/etc/initramfs-tools/conf.d/keel.conf"
 	install -m 0755 "$here/initramfs/keel-hook" "$tmp/etc/initramfs-tools/hooks/keel"
 	install -m 0755 "$here/initramfs/keel-data" "$tmp/etc/initramfs-tools/scripts/init-bottom/keel-data"
 	# No docs, man pages or translations are ever unpacked.
