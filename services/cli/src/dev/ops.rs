@@ -625,6 +625,12 @@ fn start_keeld(paths: &DevPaths, st: &DevState, node: &DevNode) -> anyhow::Resul
         .arg(paths.node_state(&node.name))
         .arg("--answer-file")
         .arg(paths.answer(&node.name))
+        // The nodes share this machine's /etc: each writes the host files it generates from
+        // settings under its own directory, and does not reload or rename the host.
+        .arg("--etc-root")
+        .arg(paths.node_dir(&node.name).join("root"))
+        .arg("--host-actions")
+        .arg("none")
         // The caller's API credentials are none of the daemon's business.
         .env_remove("KEEL_TOKEN")
         .env_remove("KEEL_USERNAME")
