@@ -85,6 +85,18 @@ pub fn check_target(target: &Path, force: bool) -> anyhow::Result<Contents> {
     Ok(contents)
 }
 
+/// Checks that `image` is a Keel image (a GPT with a `root-a` partition); its size in bytes.
+pub fn check_image(image: &Path) -> anyhow::Result<u64> {
+    let image_parts = probe::gpt_partitions(&probe::head(image)?).unwrap_or_default();
+    if !image_parts.iter().any(|p| p.name == "root-a") {
+        bail!(
+            "{} is not a Keel image (no GPT with a root-a partition)",
+            image.display()
+        );
+    }
+    Ok(probe::size_of(image)?)
+}
+
 /// Writes the image to the target, then applies the answer file.
 pub fn install(opts: &InstallOptions) -> anyhow::Result<InstallReport> {
     let answer_text = match &opts.answer {
@@ -96,15 +108,20 @@ pub fn install(opts: &InstallOptions) -> anyhow::Result<InstallReport> {
         }
         None => None,
     };
-    let image_parts = probe::gpt_partitions(&probe::head(&opts.image)?).unwrap_or_default();
-    if !image_parts.iter().any(|p| p.name == "root-a") {
-        bail!(
-            "{} is not a Keel image (no GPT with a root-a partition)",
-            opts.image.display()
-        );
+    install_with_answer(opts, answer_text.as_deref())
+}
+
+/// [`install`] with the answer file's text in hand (the interactive installer's path);
+/// `opts.answer` is ignored. The text is validated before anything is written.
+pub fn install_with_answer(
+    opts: &InstallOptions,
+    answer_text: Option<&str>,
+) -> anyhow::Result<InstallReport> {
+    if let Some(text) = answer_text {
+        AnswerFile::from_toml(text).context("the answer file is invalid")?;
     }
+    let image_bytes = check_image(&opts.image)?;
     check_target(&opts.target, opts.force)?;
-    let image_bytes = probe::size_of(&opts.image)?;
     let block = is_block(&opts.target);
     if block {
         let size = probe::size_of(&opts.target)?;
@@ -120,7 +137,7 @@ pub fn install(opts: &InstallOptions) -> anyhow::Result<InstallReport> {
     let written_bytes = copy_image(&opts.image, &opts.target, !block)?;
     relocate_backup_gpt(&opts.target)?;
     let partitions = probe::gpt_partitions(&probe::head(&opts.target)?).unwrap_or_default();
-    if let Some(text) = &answer_text {
+    if let Some(text) = answer_text {
         let data = data_partition(&partitions, &opts.target)?;
         write_answer(&opts.target, &data, text)?;
     }

@@ -1,19 +1,51 @@
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use keel_installer::interactive::{self, Dialogue, Echoed, Sources, Terminal};
 use keel_installer::{disks, install};
 
-/// Installs Keel's appliance image onto a disk.
+const DEFAULT_IMAGE: &str = "/usr/share/keel/keel.raw";
+
+/// Installs Keel's appliance image onto a disk. Without a command, on a terminal, it asks
+/// its questions (the same as `keel-install interactive`).
 #[derive(Debug, Parser)]
 #[command(name = "keel-install", version, about)]
 struct Cli {
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
+}
+
+#[derive(Debug, clap::Args)]
+struct InteractiveArgs {
+    /// The raw image (keel.raw).
+    #[arg(long, default_value = DEFAULT_IMAGE)]
+    image: PathBuf,
+    /// Install onto this disk (or image file) instead of choosing from the list.
+    #[arg(long)]
+    target: Option<PathBuf>,
+    /// sysfs block directory (for tests).
+    #[arg(long, default_value = "/sys/block", hide = true)]
+    sys_block: PathBuf,
+    /// sysfs network directory (for tests).
+    #[arg(long, default_value = "/sys/class/net", hide = true)]
+    sys_net: PathBuf,
+    /// Read passwords as plain lines of stdin, which need not be a terminal (for tests).
+    #[arg(
+        long,
+        hide = true,
+        env = "KEEL_INSTALL_PASSWORDS_FROM_STDIN",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    passwords_from_stdin: bool,
 }
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Asks which disk, which cluster, the node's name and address, then installs (the
+    /// default on a terminal).
+    Interactive(InteractiveArgs),
     /// Lists the disks with size, model and serial.
     List {
         /// JSON instead of a table.
@@ -26,7 +58,7 @@ enum Cmd {
     /// Writes the image to a disk and applies an answer file.
     Install {
         /// The raw image (keel.raw).
-        #[arg(long, default_value = "/usr/share/keel/keel.raw")]
+        #[arg(long, default_value = DEFAULT_IMAGE)]
         image: PathBuf,
         /// The disk to write (e.g. /dev/nvme0n1; an image file works too).
         #[arg(long)]
@@ -51,7 +83,8 @@ enum Cmd {
         answer: PathBuf,
     },
     /// Wipes the node's state (data partition) but keeps the OS. Without --target: this
-    /// node, at its next boot.
+    /// node, at its next boot. Also spelled `keel-install --factory-reset`.
+    #[command(long_flag = "factory-reset")]
     FactoryReset {
         /// An installed disk that is not running (else: this node).
         #[arg(long)]
@@ -65,8 +98,84 @@ enum Cmd {
     },
 }
 
+fn print_report(target: &std::path::Path, report: &install::InstallReport) {
+    println!(
+        "installed Keel on {} ({} written); partitions: {}{}",
+        target.display(),
+        disks::human(report.written_bytes),
+        report
+            .partitions
+            .iter()
+            .map(|p| format!("{} {}", p.name, disks::human(p.size)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if report.answer_applied {
+            "; answer file applied"
+        } else {
+            "; no answer file: the node starts in setup mode"
+        }
+    );
+}
+
+fn run_interactive(args: InteractiveArgs) -> anyhow::Result<()> {
+    let stdin = std::io::stdin();
+    if !args.passwords_from_stdin && !stdin.is_terminal() {
+        anyhow::bail!(
+            "the interactive installer needs a terminal on stdin; for an unattended install use `keel-install install --image IMAGE --target DISK --answer answer.toml`"
+        );
+    }
+    let facts = interactive::gather(&Sources {
+        image: args.image.clone(),
+        target: args.target.clone(),
+        sys_block: args.sys_block.clone(),
+        sys_net: args.sys_net.clone(),
+    })?;
+    let stdout = std::io::stdout();
+    let plan = if args.passwords_from_stdin {
+        Dialogue::new(stdin.lock(), stdout.lock(), Echoed).run(&facts)
+    } else {
+        Dialogue::new(stdin.lock(), stdout.lock(), Terminal).run(&facts)
+    };
+    let plan = plan?;
+    println!(
+        "\nWriting {} to {} ...",
+        args.image.display(),
+        plan.target.display()
+    );
+    let report = install::install_with_answer(
+        &install::InstallOptions {
+            image: args.image,
+            target: plan.target.clone(),
+            answer: None,
+            force: plan.force,
+        },
+        Some(&plan.answer_text),
+    )?;
+    print_report(&plan.target, &report);
+    println!(
+        "Node {} of cluster {} is ready to boot: remove the installer medium and reboot.",
+        plan.answer.node.name, plan.answer.cluster.name
+    );
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.cmd {
+    let Some(cmd) = cli.cmd else {
+        if std::io::stdin().is_terminal() {
+            return run_interactive(InteractiveArgs {
+                image: PathBuf::from(DEFAULT_IMAGE),
+                target: None,
+                sys_block: PathBuf::from("/sys/block"),
+                sys_net: PathBuf::from("/sys/class/net"),
+                passwords_from_stdin: false,
+            });
+        }
+        anyhow::bail!(
+            "no command, and stdin is not a terminal: run it on a terminal to be asked, or install unattended with `keel-install install --image IMAGE --target DISK --answer answer.toml` (see --help)"
+        );
+    };
+    match cmd {
+        Cmd::Interactive(args) => run_interactive(args)?,
         Cmd::List { json, sys_block } => {
             let list = disks::list(&sys_block)?;
             if json {
@@ -114,22 +223,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!(
-                    "installed Keel on {} ({} written); partitions: {}{}",
-                    target.display(),
-                    disks::human(report.written_bytes),
-                    report
-                        .partitions
-                        .iter()
-                        .map(|p| format!("{} {}", p.name, disks::human(p.size)))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    if report.answer_applied {
-                        "; answer file applied"
-                    } else {
-                        "; no answer file: the node starts in setup mode"
-                    }
-                );
+                print_report(&target, &report);
             }
         }
         Cmd::ApplyAnswer { target, answer } => {
