@@ -406,3 +406,35 @@ fn a_symlink_replaces_a_file_and_a_file_replaces_a_symlink() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn the_images_chrony_takes_its_sources_from_keeld_only() {
+    let overlay = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../overlays/rootfs/etc/chrony"
+    );
+    let shipped = std::fs::read_to_string(format!("{overlay}/sources.d/keel.sources")).unwrap();
+    let d = desired(&inputs(&[]), zoneinfo().path());
+    assert_eq!(
+        d[0].files[0].1,
+        Content::File {
+            text: shipped,
+            mode: 0o644
+        },
+        "the image ships what keeld writes without a setting (no rewrite at first boot)"
+    );
+    let conf = std::fs::read_to_string(format!("{overlay}/chrony.conf")).unwrap();
+    assert!(
+        conf.contains("\nsourcedir /etc/chrony/sources.d\n"),
+        "{conf}"
+    );
+    let own: Vec<&str> = conf
+        .lines()
+        .filter(|l| {
+            ["pool ", "server ", "peer "]
+                .iter()
+                .any(|d| l.starts_with(d))
+        })
+        .collect();
+    assert!(own.is_empty(), "chrony.conf has its own sources: {own:?}");
+}
