@@ -126,7 +126,9 @@ grep -q "^IMAGE_VERSION=$base_version\$" "$osr" || die "the source root's os-rel
 sed -i -e "s/^PRETTY_NAME=.*/PRETTY_NAME=\"Keel $next_version (Debian GNU\/Linux 12)\"/" \
 	-e "s/^IMAGE_VERSION=.*/IMAGE_VERSION=$next_version/" "$osr"
 printf '%s-e2e-next\n' "$build" >"$tree/etc/keel-image-id"
-mksquashfs "$tree" "$work/next.sqfs" -comp zstd -Xcompression-level 9 -b 1M -noappend -quiet >/dev/null \
+# The source's block size (image/build.sh chooses it), zstd as build.sh compresses.
+block=$(unsquashfs -s "$work/root" 2>/dev/null | sed -n 's/^Block size \([0-9]*\).*/\1/p')
+mksquashfs "$tree" "$work/next.sqfs" -comp zstd -Xcompression-level 9 -b "${block:-262144}" -noappend -quiet >/dev/null \
 	|| die "mksquashfs failed"
 rm -rf "$tree"
 bundle "$next_version" "$build-e2e-next" "$work/next.sqfs" "$work/vmlinuz" "$work/initrd.img" "$out/next.bundle"
