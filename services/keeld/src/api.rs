@@ -436,10 +436,12 @@ async fn list_settings(ctx: Ctx, authz: Option<String>) -> ApiResult {
     ok(&List { items })
 }
 
+/// A check of a setting's value: `Ok` for keys the checking module does not own.
+type SettingCheck = fn(&str, &serde_json::Value) -> Result<(), ValidationError>;
+
 /// Per-key checks of a setting's value before a PUT stores it (400 with the field, nothing
-/// written). A module that reads settings adds its check here; keys it does not own pass.
-const SETTING_CHECKS: &[fn(&str, &serde_json::Value) -> Result<(), ValidationError>] =
-    &[crate::hostconf::validate_setting];
+/// written). A module that reads settings adds its check here.
+const SETTING_CHECKS: &[SettingCheck] = &[crate::hostconf::validate_setting];
 
 fn key_of(raw: &str) -> Result<SettingKey, ApiError> {
     SettingKey::new(raw).map_err(|e| ApiError::Invalid(ValidationError::new("key", e.message)))
