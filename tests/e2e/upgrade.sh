@@ -80,9 +80,10 @@ upgrade_summary() {
 		    print("unreadable|%s|" % e); sys.exit(0)
 		if isinstance(d, dict) and "items" in d:
 		    d = d["items"]
-		if isinstance(d, list):
-		    d = [u for u in d if not sys.argv[2] or u.get("spec", {}).get("version") == sys.argv[2]]
-		    d = d[-1] if d else {}
+		if not isinstance(d, list):
+		    d = [d]
+		d = [u for u in d if isinstance(u, dict) and (not sys.argv[2] or u.get("spec", {}).get("version") == sys.argv[2])]
+		d = d[-1] if d else {}
 		st = d.get("status", {})
 		if sys.argv[3] == "brief":
 		    print(" ".join([st.get("phase", "none")] + ["%s:%s" % (n.get("node"), n.get("phase")) for n in st.get("nodes", [])]))
