@@ -1081,6 +1081,12 @@ pub struct Sources {
 /// The facts of this machine for the dialogue.
 pub fn gather(src: &Sources) -> anyhow::Result<Facts> {
     use anyhow::Context;
+    if !src.image.exists() {
+        anyhow::bail!(
+            "the image {} is missing (the live system carries it there); give its path with --image",
+            src.image.display()
+        );
+    }
     let image_bytes = crate::install::check_image(&src.image)?;
     let choice = |disk: Disk, grows: bool| DiskChoice {
         contents: probe::probe(&disk.path).map_err(|e| e.to_string()),

@@ -136,7 +136,14 @@ fn run_interactive(args: InteractiveArgs) -> anyhow::Result<()> {
     } else {
         Dialogue::new(stdin.lock(), stdout.lock(), Terminal).run(&facts)
     };
-    let plan = plan?;
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => {
+            // The prompt the person was answering is still on the line.
+            println!();
+            return Err(e.into());
+        }
+    };
     println!(
         "\nWriting {} to {} ...",
         args.image.display(),

@@ -54,11 +54,11 @@ impl std::fmt::Display for Contents {
 
 /// Why probing failed.
 #[derive(Debug, thiserror::Error)]
-#[error("reading {path}: {source}")]
+#[error("reading {path}: {cause}")]
 pub struct ProbeError {
     path: String,
-    #[source]
-    source: std::io::Error,
+    // Not a `source`: the message already says it, and `{:#}` would say it twice.
+    cause: std::io::Error,
 }
 
 const PROBE_BYTES: usize = 1024 * 1024;
@@ -82,9 +82,9 @@ const SIGNATURES: &[(usize, &[u8], &str)] = &[
 
 /// Reads the first MiB of `path` (less if it is shorter).
 pub fn head(path: &Path) -> Result<Vec<u8>, ProbeError> {
-    let err = |source| ProbeError {
+    let err = |cause| ProbeError {
         path: path.display().to_string(),
-        source,
+        cause,
     };
     let mut f = File::open(path).map_err(err)?;
     let mut buf = Vec::with_capacity(PROBE_BYTES);
