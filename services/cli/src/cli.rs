@@ -63,6 +63,9 @@ pub enum Command {
     /// Volumes: VM disks and standalone virtual disks.
     #[command(subcommand)]
     Volume(crate::commands::storage::VolumeCommand),
+    /// Rolling A/B upgrades of the nodes to a signed update bundle.
+    #[command(subcommand)]
+    Upgrade(crate::commands::upgrade::UpgradeCommand),
     /// Streams changes as they happen, one JSON object per line.
     Events(EventsArgs),
     /// Prints the API's OpenAPI document.

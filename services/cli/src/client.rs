@@ -373,6 +373,40 @@ impl ApiClient {
         })
     }
 
+    /// POSTs a file as the raw body (`application/octet-stream`, streamed from disk, never
+    /// read into memory) and decodes the JSON answer. Used for update bundles.
+    pub async fn post_file<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        file: tokio::fs::File,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let url = self.url(path);
+        let len = file.metadata().await.map(|m| m.len()).ok();
+        let mut req = self
+            .http
+            .request(Method::POST, &url)
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::from(file));
+        if let Some(len) = len {
+            req = req.header(reqwest::header::CONTENT_LENGTH, len);
+        }
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = self.execute(Method::POST, url.clone(), req).await?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|source| self.transport(Method::POST, &url, source))?;
+        serde_json::from_str(&text).map_err(|source| ClientError::Decode {
+            method: Method::POST,
+            url,
+            source,
+        })
+    }
+
     /// Sends a built request; any non-2xx answer becomes an error.
     async fn execute(
         &self,

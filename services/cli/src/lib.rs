@@ -133,6 +133,7 @@ async fn api_command(client: &ApiClient, command: Command) -> anyhow::Result<()>
             commands::lifecycle::maintenance(client, &a, false).await
         }
         Command::Task(c) => commands::lifecycle::task(client, c).await,
+        Command::Upgrade(c) => commands::upgrade::run(client, c).await,
         Command::Image(c) => commands::image::run(client, c).await,
         Command::Vm(c) => commands::vm::run(client, c).await,
         Command::Pool(c) => commands::storage::pool(client, c).await,

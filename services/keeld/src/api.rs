@@ -96,6 +96,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.merge(crate::lifecycle::ApiDoc::openapi());
     doc.merge(crate::storage::ApiDoc::openapi());
     doc.merge(crate::hotplug::ApiDoc::openapi());
+    doc.merge(crate::upgrade::routes::ApiDoc::openapi());
     doc
 }
 
@@ -1200,6 +1201,8 @@ pub fn routes(ctx: Ctx) -> impl Filter<Extract = (impl Reply,), Error = Infallib
         .or(crate::storage::routes(ctx.clone()))
         .unify()
         .or(crate::hotplug::routes(ctx.clone()))
+        .unify()
+        .or(crate::upgrade::routes::routes(ctx.clone()))
         .unify()
         .or(images_r)
         .unify()

@@ -81,6 +81,9 @@ pub struct Args {
     /// default when the root is `/`) or `none` (files only; the default elsewhere).
     #[arg(long, env = "KEEL_HOST_ACTIONS", value_enum)]
     pub host_actions: Option<HostActionsKind>,
+    /// Directory of the ed25519 keys (`*.pub`) update bundles must be signed with.
+    #[arg(long, env = "KEEL_UPDATE_KEYS", default_value = crate::upgrade::bundles::DEFAULT_KEYS)]
+    pub update_keys: PathBuf,
 }
 
 /// `--host-actions`.
@@ -442,6 +445,8 @@ async fn become_member(
         Arc::new(crate::host::Host::open(&args.state_dir).context("opening the local pool")?);
     tokio::spawn(host.clone().connect(args.libvirt_uri.clone()));
     let _ = daemon.host.set(host.clone());
+    crate::upgrade::bundles::configure(&args.state_dir, &args.update_keys)
+        .context("creating the update bundle directory")?;
     let peer_listener = TcpListener::bind(args.peer_listen)
         .await
         .with_context(|| format!("binding the peer port {}", args.peer_listen))?;
@@ -510,6 +515,15 @@ async fn become_member(
     tokio::spawn(crate::images::node_loop(
         member.clone(),
         host.clone(),
+        daemon.shutdown.clone(),
+    ));
+    tokio::spawn(crate::upgrade::run::leader_loop(
+        member.clone(),
+        daemon.shutdown.clone(),
+    ));
+    tokio::spawn(crate::upgrade::run::node_loop(
+        member.clone(),
+        Arc::new(crate::upgrade::host::SlotHost::new(&args.update_keys)),
         daemon.shutdown.clone(),
     ));
     if let Some(hc) = host_conf {

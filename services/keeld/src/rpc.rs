@@ -122,6 +122,7 @@ pub fn routes(
         .or(remove)
         .or(heartbeat)
         .or(crate::console::peer_routes(host))
+        .or(crate::upgrade::bundles::peer_route())
         .recover(|r: Rejection| async move {
             Ok::<_, Infallible>(warp::reply::with_status(
                 format!("{r:?}"),

@@ -24,6 +24,11 @@ use keel_model::{
     MaintenancePhase, NodeUpgrade, NodeUpgradePhase, UpgradePhase, UpgradeSpec, UpgradeStatus,
 };
 
+pub mod bundles;
+pub mod host;
+pub mod routes;
+pub mod run;
+
 /// Store kind of upgrades.
 pub const KIND: &str = "upgrades";
 
@@ -340,6 +345,7 @@ mod tests {
             allow_downgrade: false,
             tries: 3,
             nodes: nodes.iter().map(|s| s.to_string()).collect(),
+            source: "node1".into(),
         }
     }
 

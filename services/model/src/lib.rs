@@ -81,7 +81,8 @@ pub use snapshot::{
 };
 pub use task::{ObjectRef, Percent, ResourceKind, Task, TaskKind, TaskPhase, TaskSpec, TaskStatus};
 pub use upgrade::{
-    NodeUpgrade, NodeUpgradePhase, Upgrade, UpgradePhase, UpgradeSpec, UpgradeStatus,
+    NodeUpgrade, NodeUpgradePhase, Upgrade, UpgradeBundle, UpgradeCreate, UpgradePhase,
+    UpgradeSpec, UpgradeStatus,
 };
 pub use vm::{
     derived_mac, owned_volume_name, BootDevice, CloudInit, CpuModel, DiskSource, HaPolicy, HaSpec,

@@ -48,6 +48,44 @@ pub struct UpgradeSpec {
     pub tries: u32,
     /// Nodes in the order they are upgraded.
     pub nodes: Vec<String>,
+    /// Node the bundle was uploaded to; the others copy it from there (or from any node that
+    /// has it) over the peer channel and verify it again.
+    #[serde(default)]
+    pub source: String,
+}
+
+/// `POST /api/v1/upgrades`: upgrade the cluster to a bundle uploaded before.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeCreate {
+    /// SHA-256 of the uploaded bundle (`POST /api/v1/upgrade-bundles` returns it).
+    pub bundle: String,
+    /// Nodes to upgrade, in this order (default: every node, in name order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+    /// Install even when the bundle is not newer than what a node runs.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+    /// Boot tries of the new slot before systemd-boot falls back (1-10, default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tries: Option<u32>,
+}
+
+/// An update bundle stored on a node, verified (signature, manifest, every payload hash).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UpgradeBundle {
+    /// SHA-256 of the bundle file.
+    pub sha256: String,
+    /// Image version (from the signed manifest).
+    pub version: String,
+    /// Bytes of the bundle file.
+    pub size_bytes: u64,
+    /// Key id that signed it.
+    #[serde(default)]
+    pub key_id: String,
+    /// Node that holds it.
+    #[serde(default)]
+    pub node: String,
 }
 
 fn default_tries() -> u32 {

@@ -9,6 +9,7 @@ pub mod login;
 pub mod node;
 pub mod setting;
 pub mod storage;
+pub mod upgrade;
 pub mod vm;
 pub mod vm_edit;
 
