@@ -89,8 +89,8 @@ pub struct Plan {
 /// Why the dialogue ended without a plan. Nothing was written in any case.
 #[derive(Debug, thiserror::Error)]
 pub enum DialogueError {
-    /// End of input (Ctrl-D) at a prompt.
-    #[error("aborted at end of input: nothing was written")]
+    /// End of input (Ctrl-D), or Ctrl-C at a password prompt.
+    #[error("aborted (end of input or Ctrl-C): nothing was written")]
     Aborted,
     /// The person answered "no" at the final confirmation.
     #[error("not confirmed: nothing was written")]
@@ -111,8 +111,19 @@ type Result<T> = std::result::Result<T, DialogueError>;
 /// Reads a password. Swappable: a terminal with echo off, stdin as is (tests, pipes), or a
 /// script.
 pub trait Passwords {
-    /// One password line from `input` (or elsewhere); `None` at end of input.
-    fn read_password(&mut self, input: &mut dyn BufRead) -> io::Result<Option<String>>;
+    /// Writes `prompt` to `out` and reads one password line from `input` (or elsewhere);
+    /// `None` at end of input.
+    fn read_password(
+        &mut self,
+        prompt: &str,
+        input: &mut dyn BufRead,
+        out: &mut dyn Write,
+    ) -> io::Result<Option<String>>;
+}
+
+fn prompt_on(out: &mut dyn Write, prompt: &str) -> io::Result<()> {
+    write!(out, "{prompt}: ")?;
+    out.flush()
 }
 
 /// Passwords are plain lines of the input (`--passwords-from-stdin`, tests).
@@ -120,19 +131,31 @@ pub trait Passwords {
 pub struct Echoed;
 
 impl Passwords for Echoed {
-    fn read_password(&mut self, input: &mut dyn BufRead) -> io::Result<Option<String>> {
+    fn read_password(
+        &mut self,
+        prompt: &str,
+        input: &mut dyn BufRead,
+        out: &mut dyn Write,
+    ) -> io::Result<Option<String>> {
+        prompt_on(out, prompt)?;
         read_line(input)
     }
 }
 
 /// Passwords are typed on the terminal on stdin with echo off. Signals are off too while
 /// the password is typed, so Ctrl-C cannot leave the terminal without echo: a line with
-/// Ctrl-C in it aborts like Ctrl-D.
+/// Ctrl-C in it aborts like Ctrl-D. Echo goes off before the prompt is shown, so nothing
+/// typed after the prompt is ever echoed.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Terminal;
 
 impl Passwords for Terminal {
-    fn read_password(&mut self, input: &mut dyn BufRead) -> io::Result<Option<String>> {
+    fn read_password(
+        &mut self,
+        prompt: &str,
+        input: &mut dyn BufRead,
+        out: &mut dyn Write,
+    ) -> io::Result<Option<String>> {
         use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
         use std::os::fd::AsFd;
         let stdin = io::stdin();
@@ -143,7 +166,7 @@ impl Passwords for Terminal {
             .local_flags
             .remove(LocalFlags::ECHO | LocalFlags::ISIG);
         tcsetattr(fd, SetArg::TCSAFLUSH, &quiet).map_err(io::Error::from)?;
-        let line = read_line(input);
+        let line = prompt_on(out, prompt).and_then(|()| read_line(input));
         let restored = tcsetattr(fd, SetArg::TCSANOW, &saved).map_err(io::Error::from);
         let line = line?;
         restored?;
@@ -526,22 +549,22 @@ impl<R: BufRead, W: Write, P: Passwords> Dialogue<R, W, P> {
 
     fn ask_password(&mut self, prompt: &str, cluster: &Name) -> Result<String> {
         loop {
-            write!(self.out, "{prompt}: ")?;
-            self.out.flush()?;
             let first = self
                 .passwords
-                .read_password(&mut self.input)?
+                .read_password(prompt, &mut self.input, &mut self.out)?
                 .ok_or(DialogueError::Aborted)?;
             writeln!(self.out)?;
             if let Err(msg) = check_password(&first, cluster) {
                 self.complain(&msg)?;
                 continue;
             }
-            write!(self.out, "The same password again, to check: ")?;
-            self.out.flush()?;
             let second = self
                 .passwords
-                .read_password(&mut self.input)?
+                .read_password(
+                    "The same password again, to check",
+                    &mut self.input,
+                    &mut self.out,
+                )?
                 .ok_or(DialogueError::Aborted)?;
             writeln!(self.out)?;
             if first != second {
@@ -1432,7 +1455,13 @@ mod tests {
     /// A password reader that does not read the input: the passwords come from a script.
     struct Scripted(Vec<&'static str>);
     impl Passwords for Scripted {
-        fn read_password(&mut self, _: &mut dyn BufRead) -> io::Result<Option<String>> {
+        fn read_password(
+            &mut self,
+            prompt: &str,
+            _: &mut dyn BufRead,
+            out: &mut dyn Write,
+        ) -> io::Result<Option<String>> {
+            prompt_on(out, prompt)?;
             Ok((!self.0.is_empty()).then(|| self.0.remove(0).to_string()))
         }
     }

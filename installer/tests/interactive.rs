@@ -131,7 +131,7 @@ fn interactive_install_onto_a_file_then_factory_reset_spelled_as_a_flag() {
     let out = drive(&args, &rest, &FOUND_ON_FILE[..11], true);
     assert!(!out.status.success(), "{}", text(&out.stdout));
     assert!(
-        text(&out.stderr).contains("aborted at end of input: nothing was written"),
+        text(&out.stderr).contains("aborted (end of input or Ctrl-C): nothing was written"),
         "{}",
         text(&out.stderr)
     );
@@ -300,4 +300,164 @@ fn interactive_join_onto_a_loop_device_chosen_from_the_list() {
     assert!(m.dns.is_empty());
     // The small device was not touched.
     assert_eq!(probe::probe(Path::new(&small.0)).unwrap(), Contents::Empty);
+}
+
+/// A terminal for the installer: a pty whose master side this test reads and types into,
+/// waiting for each prompt as a person would.
+struct Pty {
+    master: std::fs::File,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    pos: usize,
+    child: std::process::Child,
+}
+
+impl Pty {
+    fn spawn(args: &[&std::ffi::OsStr]) -> Self {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let child = {
+            let mut cmd = Command::new(bin());
+            cmd.args(args)
+                .env_remove("KEEL_INSTALL_PASSWORDS_FROM_STDIN")
+                .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+                .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+                .stderr(Stdio::from(pty.slave));
+            cmd.spawn().unwrap()
+        };
+        let master = std::fs::File::from(pty.master);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (mut r, s) = (master.try_clone().unwrap(), seen.clone());
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Pty {
+            master,
+            seen,
+            pos: 0,
+            child,
+        }
+    }
+
+    fn transcript(&self) -> String {
+        text(&self.seen.lock().unwrap())
+    }
+
+    fn expect(&mut self, needle: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            {
+                let seen = self.seen.lock().unwrap();
+                let hay = text(&seen[self.pos..]);
+                if let Some(i) = hay.find(needle) {
+                    self.pos += hay[..i + needle.len()].len();
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} on the terminal:\n{}",
+                self.transcript()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn answer(&mut self, prompt: &str, line: &str) {
+        self.expect(prompt);
+        self.master
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+    }
+
+    fn finish(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        (status, self.transcript())
+    }
+}
+
+#[test]
+fn on_a_terminal_passwords_are_not_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = small_image(dir.path());
+    let no_nics = dir.path().join("no-nics");
+    std::fs::create_dir_all(&no_nics).unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(128 * MIB)
+        .unwrap();
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let mut t = Pty::spawn(&[
+        os("interactive"),
+        os("--image"),
+        img.as_os_str(),
+        os("--target"),
+        disk.as_os_str(),
+        os("--sys-net"),
+        no_nics.as_os_str(),
+    ]);
+    t.answer("Choice [1]: ", "1");
+    t.answer("e.g. lab): ", "lab");
+    t.answer("[3]: ", "");
+    t.answer("not shown): ", "hunter2-hunter2");
+    t.answer("again, to check: ", "hunter2-hunter3");
+    t.expect("the two passwords differ");
+    t.answer("not shown): ", "hunter2-hunter2");
+    t.answer("again, to check: ", "hunter2-hunter2");
+    t.answer("e.g. node1): ", "node1");
+    t.answer("or name (eth0): ", "52:54:00:77:20:11");
+    t.answer("10.0.0.11/24: ", "10.77.20.11/24");
+    t.answer("(Enter for none): ", "");
+    t.answer("DNS servers", "none");
+    t.answer("[yes/no]: ", "yes");
+    let (status, transcript) = t.finish();
+    assert!(status.success(), "{transcript}");
+    assert!(!transcript.contains("hunter2"), "{transcript}");
+    // The terminal echoes again after a password: the node's name was echoed.
+    assert!(transcript.contains("e.g. node1): node1"), "{transcript}");
+    assert!(transcript.contains("answer file applied"), "{transcript}");
+    let a = answer_on(&disk);
+    assert_eq!(a.admin.password, "hunter2-hunter2");
+    assert_eq!(a.node.name.as_str(), "node1");
+
+    // Ctrl-C at a password prompt (signals are off there) aborts with nothing written.
+    let mut t = Pty::spawn(&[
+        os("interactive"),
+        os("--image"),
+        img.as_os_str(),
+        os("--target"),
+        disk.as_os_str(),
+        os("--sys-net"),
+        no_nics.as_os_str(),
+    ]);
+    t.answer("Type disk.img to erase it: ", "disk.img");
+    t.answer("Choice [1]: ", "1");
+    t.answer("e.g. lab): ", "other");
+    t.answer("[3]: ", "");
+    t.answer("not shown): ", "\u{3}");
+    let (status, transcript) = t.finish();
+    assert!(!status.success(), "{transcript}");
+    assert!(
+        transcript.contains("aborted (end of input or Ctrl-C): nothing was written"),
+        "{transcript}"
+    );
+    assert_eq!(answer_on(&disk), a);
+
+    // With no command, on a terminal, keel-install is the interactive installer (here it
+    // stops at once: this machine has no /usr/share/keel/keel.raw).
+    if !Path::new("/usr/share/keel/keel.raw").exists() {
+        let (status, transcript) = Pty::spawn(&[]).finish();
+        assert!(!status.success());
+        assert!(
+            transcript.contains("the image /usr/share/keel/keel.raw is missing"),
+            "{transcript}"
+        );
+    }
 }
