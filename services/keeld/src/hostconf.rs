@@ -651,6 +651,11 @@ impl HostConf {
         }
     }
 
+    /// The root the `etc/…` files are written under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The same with another tz database (tests).
     pub fn with_zoneinfo(mut self, zoneinfo: PathBuf) -> Self {
         self.zoneinfo = zoneinfo;

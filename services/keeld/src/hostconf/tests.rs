@@ -438,3 +438,30 @@ fn the_images_chrony_takes_its_sources_from_keeld_only() {
         .collect();
     assert!(own.is_empty(), "chrony.conf has its own sources: {own:?}");
 }
+
+#[test]
+fn only_the_appliance_or_an_explicit_root_manages_host_files() {
+    let args = |extra: &[&str]| {
+        let mut all = vec!["keeld", "--state-dir", "/nonexistent"];
+        all.extend_from_slice(extra);
+        <crate::daemon::Args as clap::Parser>::parse_from(all)
+    };
+    // A keeld started by hand (or a test) leaves its machine's /etc alone.
+    assert!(args(&[]).host_conf(None).is_none());
+    let appliance = args(&["--seed"]).host_conf(None).unwrap();
+    assert_eq!(appliance.root(), Path::new("/"));
+    let dev = args(&["--etc-root", "/tmp/x/node1/root", "--host-actions", "none"])
+        .host_conf(None)
+        .unwrap();
+    assert_eq!(dev.root(), Path::new("/tmp/x/node1/root"));
+    // Files only there: converging a root that is not / runs no host action by default.
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path().to_str().unwrap();
+    let hc = args(&["--etc-root", r])
+        .host_conf(None)
+        .unwrap()
+        .with_zoneinfo(zoneinfo().path().to_path_buf());
+    let st = hc.converge(&inputs(&[]));
+    assert!(st.items.iter().all(|i| i.applied), "{st:?}");
+    assert_eq!(read(root.path(), "etc/hostname"), "node2\n");
+}
