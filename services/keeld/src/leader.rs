@@ -188,6 +188,7 @@ async fn liveness(member: &Member, leading_since: Instant) -> anyhow::Result<()>
                 maintenance: keep.maintenance,
                 unmanaged_domains: keep.unmanaged_domains,
                 host_config: keep.host_config,
+                hypervisor: keep.hypervisor,
                 ..inv.clone()
             };
             changed = true;
