@@ -232,11 +232,16 @@ pub fn leader_step(
             } else {
                 format!("node {name} could not be upgraded: {}", n.message)
             };
+            let next = if n.phase == NodeUpgradePhase::RolledBack {
+                "Fix the bundle and apply a new upgrade"
+            } else {
+                "Fix the cause and apply the bundle again (nodes already upgraded are skipped)"
+            };
             effects.push(Effect::MaintenanceOff(name.clone()));
             set(n, NodeUpgradePhase::Failed, now, n.message.clone());
             st.phase = UpgradePhase::Failed;
             st.message = format!(
-                "{what}. The upgrade stopped; {name} is out of maintenance and every node keeps serving. Fix the bundle and apply a new upgrade"
+                "{what}. The upgrade stopped; {name} is out of maintenance and every node keeps serving. {next}"
             );
             return Plan {
                 status: st,

@@ -3,7 +3,7 @@
 //! ```text
 //!  upgrade apply BUNDLE ─▶ POST /upgrade-bundles (the file, streamed; verified by the node)
 //!                       ─▶ POST /upgrades {bundle, nodes?, allow_downgrade?, tries?} ─▶ Upgrade
-//!                       ─(--wait)─▶ GET /upgrades/{name} every 2 s: each node's phase/message
+//!                       ─(--wait)─▶ GET /upgrades/{name} every second: each node's phase/message
 //!                                   change on stderr; exit 0 only when it succeeded
 //! ```
 
@@ -21,7 +21,7 @@ use crate::cli::{OutputArg, OutputFormat};
 use crate::client::ApiClient;
 use crate::output::{self, Table};
 
-const POLL: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_secs(1);
 /// How long the upload of a bundle may take.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
