@@ -267,6 +267,39 @@ mod tests {
     }
 
     #[test]
+    fn apply_parses_the_fixed_interface() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "keel",
+            "upgrade",
+            "apply",
+            "b.bundle",
+            "--nodes",
+            "node2,node1",
+            "--allow-downgrade",
+            "--tries",
+            "2",
+            "--wait",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        let crate::cli::Command::Upgrade(UpgradeCommand::Apply(a)) = cli.command else {
+            panic!("not apply");
+        };
+        assert_eq!(a.path, PathBuf::from("b.bundle"));
+        assert_eq!(a.nodes, Some(vec!["node2".into(), "node1".into()]));
+        assert!(a.allow_downgrade && a.wait);
+        assert_eq!((a.tries, a.out.output), (Some(2), OutputFormat::Json));
+        let cli = crate::cli::Cli::try_parse_from(["keel", "upgrade", "status"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            crate::cli::Command::Upgrade(UpgradeCommand::Status { name: None, .. })
+        ));
+        assert!(crate::cli::Cli::try_parse_from(["keel", "upgrade", "list", "-o", "json"]).is_ok());
+    }
+
+    #[test]
     fn wait_prints_only_changes() {
         let mut seen = BTreeMap::new();
         let first = changes(
