@@ -13,6 +13,12 @@
 //!     rebooting, new boot, old version          ─▶ rolled-back (systemd-boot fell back)
 //! ```
 //!
+//! The I/O around these decisions is in the submodules: [`bundles`] (upload, verification,
+//! storage under `<state>/upgrade-bundles`, copy between nodes over mTLS), [`routes`] (the
+//! API), [`run`] (the leader and node loops) and [`host`] (the host actions behind a trait:
+//! slot writer, bless, boot id, running version, reboot; a node that does not boot from A/B
+//! slots records `failed` saying it cannot be upgraded in place).
+//!
 //! Nothing here keeps state in memory: a new leader, or a node restarted at any point,
 //! computes the same next step from the replicated record, and every step is safe to repeat
 //! (maintenance on/off are idempotent, installing writes the inactive slot again, blessing an
