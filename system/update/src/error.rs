@@ -76,6 +76,15 @@ pub enum UpdateError {
         /// Bundle version.
         bundle: String,
     },
+    /// The running slot boots on trial (its loader entry still counts tries): writing the
+    /// other slot now would remove the only entry a failed boot can fall back to.
+    #[error("the running slot {slot} boots on trial ({entry} still counts its tries): bless it (keel-update bless) once the node is healthy, or reboot, before another slot is written")]
+    OnTrial {
+        /// The running slot.
+        slot: String,
+        /// Its loader entry.
+        entry: String,
+    },
     /// The node's slots or boot loader are not as expected.
     #[error("{0}")]
     Slot(String),

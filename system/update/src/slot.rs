@@ -76,7 +76,8 @@ impl Layout {
             .arg(&self.esp)
             .output()
             .map_err(|e| io_err("running mount".into(), e))?;
-        if !out.status.success() {
+        // Another unit (keel-boot-check) may have mounted it since the check above.
+        if !out.status.success() && !is_mountpoint(&self.esp) {
             return Err(UpdateError::Slot(format!(
                 "mounting the ESP {} at {} failed: {}",
                 dev.display(),
@@ -298,6 +299,16 @@ pub fn install(
     info!(version = %verified.manifest.version, key = %verified.key_id, slot = %target, "bundle verified");
 
     let existing = entries(layout)?;
+    if let Some(trial) = existing
+        .iter()
+        .find(|e| e.slot == running)
+        .filter(|e| e.counter.is_some())
+    {
+        return Err(UpdateError::OnTrial {
+            slot: running.to_string(),
+            entry: trial.file.clone(),
+        });
+    }
     let template = existing
         .iter()
         .filter(|e| e.slot == running)

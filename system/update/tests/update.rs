@@ -347,6 +347,13 @@ fn run_slot_cycle(n: &Node, root_b: &Path, k: &Key, dir: &Path) {
     let st = slot::boot_state(&n.layout).unwrap();
     assert!(st.pending);
     assert_eq!(st.version.as_deref(), Some("0.1.0-2"));
+    // On trial, nothing is written to slot A: its entry is what a failed boot falls back to.
+    let v3 = dir.join("v3.bundle");
+    signed(&v3, "0.1.0-3", k, &payload(3));
+    let err = slot::install(&n.layout, &v3, &InstallOptions::default()).unwrap_err();
+    assert!(matches!(err, UpdateError::OnTrial { .. }), "{err:?}");
+    assert!(err.to_string().contains("keel-4-b+"), "{err}");
+    assert_eq!(n.entries(), vec!["keel-1-a.conf", "keel-4-b+2-1.conf"]);
     assert_eq!(
         slot::bless(&n.layout).unwrap().as_deref(),
         Some("keel-4-b.conf")
@@ -362,8 +369,6 @@ fn run_slot_cycle(n: &Node, root_b: &Path, k: &Key, dir: &Path) {
         slot::install(&n.layout, &good, &InstallOptions::default()),
         Err(UpdateError::Downgrade { .. })
     ));
-    let v3 = dir.join("v3.bundle");
-    signed(&v3, "0.1.0-3", k, &payload(3));
     let inst = slot::install(
         &n.layout,
         &v3,

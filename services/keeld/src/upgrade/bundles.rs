@@ -127,6 +127,7 @@ pub fn refusal_of(e: &UpdateError) -> Refusal {
         UpdateError::NoTrustedKeys(_) | UpdateError::Key { .. } => {
             (S::SERVICE_UNAVAILABLE, "no_trusted_keys")
         }
+        UpdateError::OnTrial { .. } => (S::CONFLICT, "on_trial"),
         UpdateError::Io { .. } | UpdateError::Slot(_) => (S::INTERNAL_SERVER_ERROR, "internal"),
     };
     let message = match e {

@@ -313,13 +313,13 @@ pub async fn node_round(m: &Member, host: Arc<dyn UpgradeHost>) -> Result<(), Ap
                     )
                     .await
                 }
+                // Tried again next round: the entry stays in `rebooting` (its boot id is the
+                // old one, so this is still a bless). If it never works, keel-boot-check
+                // reboots the unblessed slot and the boot loader falls back, which the node
+                // then reports as rolled back.
                 Err(msg) => {
-                    warn!(%msg, "blessing the boot failed");
-                    record(
-                        NodeUpgradePhase::Failed,
-                        format!("blessing the new boot failed: {msg}"),
-                    )
-                    .await
+                    warn!(%msg, "blessing the boot failed; trying again");
+                    Ok(())
                 }
             },
             NodeAction::ReportRolledBack => {
