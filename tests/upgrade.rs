@@ -92,76 +92,6 @@ async fn upload(api: &Api, body: String) -> Result<keel_tests::Answer> {
 /// node `name`'s records from the event stream (settings and nodes), reconnecting from the
 /// last revision when the stream breaks, until `node` was in maintenance and is out again or
 /// `deadline` passes.
-async fn node_events(
-    endpoint: &str,
-    ca: &str,
-    token: &str,
-    node: &str,
-    deadline: Duration,
-) -> Result<Vec<Value>> {
-    let pem = std::fs::read(ca)?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(c?)?;
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(cfg)
-        .build()?;
-    let end = std::time::Instant::now() + deadline;
-    let mut since: Option<u64> = None;
-    let mut seen: Vec<Value> = Vec::new();
-    let done = |seen: &[Value]| {
-        seen.iter().any(|n| n["spec"]["maintenance"] == true)
-            && seen
-                .last()
-                .is_some_and(|n| n["spec"]["maintenance"] != true)
-    };
-    while std::time::Instant::now() < end && !done(&seen) {
-        let url = match since {
-            Some(r) => format!("{endpoint}/api/v1/events?since={r}"),
-            None => format!("{endpoint}/api/v1/events"),
-        };
-        let Ok(mut resp) = http.get(url).bearer_auth(token).send().await else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            continue;
-        };
-        let mut buf = String::new();
-        while let Ok(Ok(Some(chunk))) = tokio::time::timeout(
-            end.saturating_duration_since(std::time::Instant::now()),
-            resp.chunk(),
-        )
-        .await
-        {
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(i) = buf.find("\n\n") {
-                let frame: String = buf.drain(..i + 2).collect();
-                for line in frame.lines() {
-                    let Some(data) = line.strip_prefix("data:") else {
-                        continue;
-                    };
-                    let Ok(ev) = serde_json::from_str::<Value>(data.trim()) else {
-                        continue;
-                    };
-                    since = ev["revision"].as_u64().or(since);
-                    if ev["kind"] == "nodes" && ev["name"] == node {
-                        seen.push(ev["object"].clone());
-                    }
-                }
-            }
-            if done(&seen) {
-                break;
-            }
-        }
-    }
-    Ok(seen)
-}
-
 async fn upgrades(api: &Api) -> Result<Vec<Value>> {
     let a = api.call("GET", "/api/v1/upgrades", None).await?;
     anyhow::ensure!(a.status == 200, "list: {} {}", a.status, a.body);
@@ -269,10 +199,26 @@ async fn upgrades_refuse_bad_bundles_and_fail_cleanly_without_ab_slots() -> Resu
     // The upgrade: node1 is drained (maintenance on), then the upgrade fails cleanly since a
     // dev node has no A/B slots, and node1 is out of maintenance.
     let watcher = dev.client(&dev.info.endpoint).await?;
-    let (endpoint, ca) = (dev.info.endpoint.clone(), dev.info.ca_cert.clone());
-    let token = watcher.token.clone().unwrap_or_default();
+    // node1's records, until it has gone into maintenance and come out again.
     let events = tokio::spawn(async move {
-        node_events(&endpoint, &ca, &token, "node1", Duration::from_secs(180)).await
+        let seen = watcher
+            .collect_events(
+                Duration::from_secs(180),
+                |ev| ev["kind"] == "nodes" && ev["name"] == "node1",
+                |seen| {
+                    seen.iter()
+                        .any(|e| e["object"]["spec"]["maintenance"] == true)
+                        && seen
+                            .last()
+                            .is_some_and(|e| e["object"]["spec"]["maintenance"] != true)
+                },
+            )
+            .await?;
+        anyhow::Ok(
+            seen.into_iter()
+                .map(|e| e["object"].clone())
+                .collect::<Vec<Value>>(),
+        )
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let a = api

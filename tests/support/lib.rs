@@ -393,6 +393,60 @@ impl Api {
         bail!("{needle:?} did not appear in the event stream within {deadline:?}: {text}")
     }
 
+    /// Collects the events of `GET /api/v1/events` that `keep` selects (it gets each event's
+    /// JSON: `revision`, `kind`, `name`, `object`) until `done` holds for them or `deadline`
+    /// passes; a dropped stream is resumed from the last revision seen.
+    pub async fn collect_events(
+        &self,
+        deadline: Duration,
+        keep: impl Fn(&Value) -> bool,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Result<Vec<Value>> {
+        let end = Instant::now() + deadline;
+        let mut since: Option<u64> = None;
+        let mut seen: Vec<Value> = Vec::new();
+        while Instant::now() < end && !done(&seen) {
+            let path = match since {
+                Some(r) => format!("/api/v1/events?since={r}"),
+                None => "/api/v1/events".to_string(),
+            };
+            let mut req = self
+                .http
+                .get(format!("{}{path}", self.base))
+                .timeout(end.saturating_duration_since(Instant::now()));
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            let Ok(mut resp) = req.send().await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let mut buf = String::new();
+            while let Ok(Ok(Some(chunk))) =
+                tokio::time::timeout(end.saturating_duration_since(Instant::now()), resp.chunk())
+                    .await
+            {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(i) = buf.find("\n\n") {
+                    let frame: String = buf.drain(..i + 2).collect();
+                    for data in frame.lines().filter_map(|l| l.strip_prefix("data:")) {
+                        let Ok(ev) = serde_json::from_str::<Value>(data.trim()) else {
+                            continue;
+                        };
+                        since = ev["revision"].as_u64().or(since);
+                        if keep(&ev) {
+                            seen.push(ev);
+                        }
+                    }
+                }
+                if done(&seen) {
+                    break;
+                }
+            }
+        }
+        Ok(seen)
+    }
+
     /// PUTs raw bytes (an image chunk) with an optional Content-Range.
     pub async fn octets(&self, path: &str, body: Vec<u8>, range: Option<String>) -> Result<Answer> {
         let mut req = self
